@@ -1,0 +1,29 @@
+"""A classifier = input normalisation -> feature backbone -> linear head.
+
+Every `arch` option builds one. Keeping normalisation inside the model lets every dataset
+hand out pixel-space images in [0, 1] (attacks clip there) and makes the penultimate
+features (``features``) and the logit layer (``head``) available to S4L's rotation head and
+to MAD's proxy, whatever the architecture.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

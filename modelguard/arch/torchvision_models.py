@@ -1,0 +1,31 @@
+"""torchvision architectures behind the Classifier contract (random init: no weight download)."""
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+from modelguard.arch.base import Classifier
+
+
+def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, small_input_stem: bool = True) -> Classifier:
+    """torchvision ResNet-18; ``small_input_stem`` swaps the 7x7/2 stem and max-pool for a
+    3x3/1 stem, the usual choice for 28-32 px images."""
+    net = torchvision.models.resnet18(weights=None)
+    if small_input_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
+
+
+def vgg11_bn(num_classes: int, in_channels: int, image_size: int, mean, std) -> Classifier:
+    """torchvision VGG-11 with batch norm, convolutional trunk only (a 512-d pooled feature)."""
+    net = torchvision.models.vgg11_bn(weights=None)
+    features = net.features
+    if in_channels != 3:
+        features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    backbone = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(backbone, 512, num_classes, tuple(mean), tuple(std))

@@ -1,0 +1,54 @@
+"""KnockoffNets "random" query policy (spec attacks §8.1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from modelguard.api import DefendedAPI
+from modelguard.attack.augment import random_view
+from modelguard.attack.strategy import AttackStrategy
+
+
+@dataclass
+class QueryLog:
+    """What a query policy collected: images, the answers as released, and (for evaluation and
+    the strong adaptive attacker of spec §12.4 only) the victim's clean answers."""
+
+    inputs: torch.Tensor          # [N, C, H, W] pixel-space images that were queried
+    released: torch.Tensor        # [N, K] released answers (averaged over passes)
+    clean: torch.Tensor           # [N, K] clean answers on the first pass
+    pool_index: torch.Tensor      # [N] index into the query pool, -1 for synthetic images
+
+
+class KnockoffRandom:
+    """Query a seeded random permutation of the pool, ``budget`` unique images, in batches."""
+
+    def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy,
+                generator: torch.Generator, progress: bool = True) -> QueryLog:
+        if attack.budget > len(pool):
+            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {len(pool)} images; "
+                             f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+        index = torch.randperm(len(pool), generator=generator)[: attack.budget]
+        released_sum = None
+        clean = None
+        total = attack.budget * attack.queries_per_image
+        bar = tqdm(total=total, desc="query", unit="img", disable=not progress, leave=False)
+        for qpass in range(attack.queries_per_image):
+            outs, cleans = [], []
+            for start in range(0, attack.budget, attack.query_batch_size):
+                x = pool[index[start:start + attack.query_batch_size]]
+                if attack.augment_queries:
+                    x = random_view(x, generator)
+                released, clean_batch = api.query(x, return_clean=True)
+                outs.append(released.cpu())
+                cleans.append(clean_batch.cpu())
+                bar.update(len(x))
+            released = torch.cat(outs).double()
+            released_sum = released if released_sum is None else released_sum + released
+            if qpass == 0:
+                clean = torch.cat(cleans)
+        bar.close()
+        return QueryLog(inputs=pool[index], released=(released_sum / attack.queries_per_image).float(),
+                        clean=clean, pool_index=index)

@@ -1,0 +1,39 @@
+"""The data contract every `dataset` option follows.
+
+An option bundles what one experiment needs: the victim's train and test splits (X_t), the
+attacker's query pool (X_q) and the outlier-exposure set (X_OE). Images are float tensors in
+pixel space [0, 1], shape [C, H, W]; normalisation is part of the model (see
+modelguard.arch), so an attacker perturbs and clips images in pixel space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import TensorDataset
+
+
+@dataclass
+class ExperimentData:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    victim_train: TensorDataset
+    victim_test: TensorDataset
+    query_pool: TensorDataset
+    outliers: TensorDataset
+
+    def describe(self) -> str:
+        return (f"{self.name}: victim train {len(self.victim_train)}, test {len(self.victim_test)}, "
+                f"query pool {len(self.query_pool)}, outliers {len(self.outliers)}, K={self.num_classes}")
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W] or [N, H, W, C] -> float [N, C, H, W] in [0, 1]."""
+    x = images.float().div_(255.0)
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    return x.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,81 @@
+"""The embedded default: MNIST-5k victim, Fashion-MNIST query pool, texture crops as outliers.
+
+All three sources ship inside the package (see embedded/PROVENANCE.md); nothing is downloaded.
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from modelguard.dataset.base import ExperimentData, to_pixels
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+def _load(name: str) -> dict[str, np.ndarray]:
+    with resources.files("modelguard.dataset").joinpath("embedded", name).open("rb") as f:
+        with np.load(f, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def texture_crops(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` random size x size crops of the bundled textures, uint8 [count, size, size]."""
+    textures = torch.from_numpy(_load("textures.npz")["images"])
+    n, h, w = textures.shape
+    which = torch.randint(n, (count,), generator=generator)
+    top = torch.randint(h - size + 1, (count,), generator=generator)
+    left = torch.randint(w - size + 1, (count,), generator=generator)
+    rows = top[:, None] + torch.arange(size)[None, :]
+    cols = left[:, None] + torch.arange(size)[None, :]
+    return textures[which[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class EmbeddedMNIST:
+    """Victim MNIST-5k (shuffled with ``seed``, then split), queries from Fashion-MNIST.
+
+    Args:
+        test_fraction: share of the 5,000 digits held out as the victim's test set.
+        pool_size: how many of the 20,000 bundled Fashion-MNIST images form the query pool.
+        outlier_count: number of 28x28 texture crops in the outlier-exposure set.
+        seed: shuffles the digits and places the crops.
+    """
+
+    def __init__(self, test_fraction: float = 0.2, pool_size: int = 20000, outlier_count: int = 5000,
+                 seed: int = 0):
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"dataset.test_fraction={test_fraction} is invalid: it must lie strictly "
+                             "between 0 and 1, e.g. dataset.test_fraction=0.2")
+        if not 1 <= pool_size <= 20000:
+            raise ValueError(f"dataset.pool_size={pool_size} is invalid: the embedded Fashion-MNIST "
+                             "slice holds 20000 images; choose 1..20000")
+        if outlier_count < 1:
+            raise ValueError(f"dataset.outlier_count={outlier_count} is invalid: it must be >= 1")
+        self.test_fraction = test_fraction
+        self.pool_size = pool_size
+        self.outlier_count = outlier_count
+        self.seed = seed
+
+    def load(self) -> ExperimentData:
+        generator = torch.Generator().manual_seed(self.seed)
+        digits = _load("mnist5k.npz")
+        images = to_pixels(torch.from_numpy(digits["images"]))
+        labels = torch.from_numpy(digits["labels"]).long()
+        order = torch.randperm(len(labels), generator=generator)  # the file is sorted by class
+        n_test = int(round(len(labels) * self.test_fraction))
+        test_idx, train_idx = order[:n_test], order[n_test:]
+        fashion = _load("fashion_mnist.npz")
+        pool = to_pixels(torch.from_numpy(fashion["images"][: self.pool_size]))
+        pool_labels = torch.from_numpy(fashion["labels"][: self.pool_size]).long()
+        crops = to_pixels(texture_crops(self.outlier_count, 28, generator))
+        return ExperimentData(
+            name="mnist",
+            num_classes=10, in_channels=1, image_size=28, mean=MNIST_MEAN, std=MNIST_STD,
+            victim_train=TensorDataset(images[train_idx], labels[train_idx]),
+            victim_test=TensorDataset(images[test_idx], labels[test_idx]),
+            query_pool=TensorDataset(pool, pool_labels),
+            outliers=TensorDataset(crops, torch.zeros(len(crops), dtype=torch.long)),
+        )

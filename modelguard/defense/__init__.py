@@ -1,0 +1,1 @@
+"""Defenses: perturbations of the victim's probability vectors (conf/defense/*.yaml)."""

@@ -1,0 +1,78 @@
+"""Plain training and inference loops over in-memory tensors (torchvision-reference style)."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of -sum_k y_k log softmax(z)_k (spec attacks §3)."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return F.cross_entropy(logits, y) if not y.is_floating_point() else soft_cross_entropy(logits, y)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over range(n); shuffled with ``generator`` when one is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax outputs of ``model`` (eval mode) on ``inputs``, returned on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = [F.softmax(model(inputs[idx].to(device)), dim=1).cpu() for idx in batches(len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
+def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, epochs: int, batch_size: int,
+        optimizer: Callable, scheduler: Callable | None = None, generator: torch.Generator,
+        device: torch.device | str = "cpu", loss_fn: LossFn = default_loss,
+        evaluate: Callable[[], dict[str, float]] | None = None, desc: str = "train",
+        progress: bool = True) -> list[dict[str, float]]:
+    """Train ``model`` in place; ``optimizer``/``scheduler`` are factories (Hydra partials).
+
+    Returns one record per epoch: the mean training loss plus whatever ``evaluate`` reports.
+    """
+    if len(inputs) == 0:
+        raise ValueError(f"{desc}: nothing to train on (0 samples)")
+    model.to(device)
+    opt = optimizer(params=model.parameters())
+    sched = scheduler(optimizer=opt) if scheduler is not None else None
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, seen = 0.0, 0
+        for idx in batches(len(inputs), batch_size, generator):
+            x, y = inputs[idx].to(device), targets[idx].to(device)
+            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        if sched is not None:
+            sched.step()
+        record = {"epoch": epoch + 1, "loss": total / seen}
+        if evaluate is not None:
+            model.eval()
+            record.update(evaluate())
+        history.append(record)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+    model.eval()
+    return history

@@ -1,0 +1,1 @@
+"""Output quantizers applied before a defense (conf/quantize/*.yaml)."""

@@ -1,0 +1,1 @@
+"""Attacker-side recovery of clean posteriors from defended answers (conf/recover/*.yaml)."""

@@ -1,0 +1,89 @@
+"""Running one experiment: validate the config, run the stages, write metrics.json."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from modelguard.stages import STAGES
+from modelguard.stages.common import mark_done, output_dir, stage_done
+from modelguard.utils.io import save_json
+from modelguard.utils.seed import seed_everything
+from modelguard.utils.tracking import Tracker
+
+log = logging.getLogger("modelguard")
+
+GROUPS = ("dataset", "arch", "victim", "defense", "quantize", "recover", "policy", "attack", "substitute")
+
+
+def validate(cfg: DictConfig) -> None:
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages={list(cfg.stages)} names unknown stage(s) {unknown}; "
+                         f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
+    if not isinstance(cfg.seed, int):
+        raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
+
+
+def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run cfg.stages in order in cfg.paths.output_dir; returns (and writes) all metrics."""
+    validate(cfg)
+    seed_everything(cfg.seed, bool(cfg.deterministic))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    choices = dict(choices or {})
+    record: dict[str, Any] = {"seed": int(cfg.seed), **{f"choice/{k}": v for k, v in choices.items()}}
+    record.update(swept_scalars(cfg))
+    tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, str(out), cfg.get("run_name"),
+                      OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    metrics: dict[str, Any] = {}
+    try:
+        for name in cfg.stages:
+            done = stage_done(cfg, name)
+            if done is not None:
+                log.info("stage %s: already done in %s, reusing its results", name, out)
+                metrics.update(done)
+                continue
+            start = time.perf_counter()
+            log.info("stage %s ...", name)
+            stage_metrics = STAGES[name](cfg)
+            stage_metrics[f"time/{name}_s"] = round(time.perf_counter() - start, 3)
+            mark_done(cfg, name, stage_metrics)
+            tracker.log(stage_metrics)
+            metrics.update(stage_metrics)
+        record.update(metrics)
+        save_json(record, out / "metrics.json")
+        tracker.summary(record)
+    finally:
+        tracker.finish()
+    return record
+
+
+def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
+    """The knobs of every group (defense.eps, attack.budget, ...) as flat "group.key" entries."""
+    flat: dict[str, Any] = {}
+    for group in GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        for key, value in OmegaConf.to_container(node, resolve=True).items():
+            if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
+                flat[f"{group}.{key}"] = value
+    return flat
+
+
+def format_table(record: dict[str, Any]) -> str:
+    keys = ["victim/test_acc", "defense/protected_acc", "defense/l1_mean", "defense/l1_max", "queries",
+            "recover/l1_mean", "surrogate/test_acc", "surrogate/fidelity", "surrogate/best_test_acc"]
+    rows = [(k, record[k]) for k in keys if k in record]
+    rows += [(k, v) for k, v in record.items() if k.startswith("time/")]
+    width = max(len(k) for k, _ in rows) if rows else 10
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -------"]
+    for k, v in rows:
+        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""Stages: plain functions ``run(cfg) -> metrics``, listed in cfg.stages and run in that order.
+
+They talk to each other only through files: the shared caches under paths.cache_dir and the
+artifacts in the run's output directory."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from modelguard.stages import defense, query, substitute, victim
+
+STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "victim": victim.run,
+    "defense": defense.run,
+    "query": query.run,
+    "substitute": substitute.run,
+}

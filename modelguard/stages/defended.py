@@ -1,0 +1,77 @@
+"""Building the defended API from the config, with the side models some defenses need."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from modelguard.api import DefendedAPI
+from modelguard.dataset.base import ExperimentData
+from modelguard.engine import predict_probs
+from modelguard.stages.common import build_model, cached_artifact, device_of, load_victim, victim_dir
+from modelguard.utils.io import load_tensors, save_tensors
+from modelguard.utils.seed import make_generator
+
+
+def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
+    """MAD's proxy of the attacker's model (spec attacks §5): the victim's architecture at a
+    seeded random initialisation, whose BatchNorm statistics (if any) take one step from 10
+    training images, as the original's lr=0 "training" does. Cached next to the victim."""
+    directory = victim_dir(cfg) / "mad_proxy"
+
+    def build(d) -> dict[str, Any]:
+        torch.manual_seed(cfg.seed + 1)
+        proxy = build_model(cfg.arch, data)
+        x = data.victim_train.tensors[0]
+        pick = torch.randperm(len(x), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
+        proxy.train()
+        with torch.no_grad():
+            proxy(x[pick])
+        save_tensors(proxy.state_dict(), d / "proxy.pt")
+        return {}
+
+    cached_artifact(directory, build)
+    proxy = build_model(cfg.arch, data)
+    proxy.load_state_dict(load_tensors(directory / "proxy.pt"))
+    return proxy.eval()
+
+
+def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
+    path = victim_dir(cfg) / "misinformation.pt"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"defense=am needs the misinformation model trained with the victim, but {path} is missing; "
+            "set victim.misinformation=true (the default) and rerun the victim stage")
+    model = build_model(cfg.arch, data)
+    model.load_state_dict(load_tensors(path))
+    return model.eval()
+
+
+def build_defense(cfg: DictConfig, data: ExperimentData):
+    """Instantiate cfg.defense and hand it the side model it declares it needs."""
+    defense = instantiate(cfg.defense)
+    if hasattr(defense, "set_proxy"):
+        defense.set_proxy(build_proxy(cfg, data))
+    if hasattr(defense, "set_misinformation_model"):
+        defense.set_misinformation_model(load_misinformation_model(cfg, data))
+    return defense
+
+
+def build_api(cfg: DictConfig, data: ExperimentData, budget: int | None = None) -> DefendedAPI:
+    return DefendedAPI(load_victim(cfg, data), build_defense(cfg, data), instantiate(cfg.quantize),
+                       budget=budget, device=device_of(cfg))
+
+
+def answer_all(api: DefendedAPI, inputs: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Released and clean answers for every image, in order, in batches of ``batch_size``."""
+    released, clean = [], []
+    for start in range(0, len(inputs), batch_size):
+        r, c = api.query(inputs[start:start + batch_size], return_clean=True)
+        released.append(r.cpu())
+        clean.append(c.cpu())
+    return torch.cat(released), torch.cat(clean)
+
+
+__all__ = ["build_api", "build_defense", "build_proxy", "answer_all", "predict_probs"]

@@ -1,0 +1,97 @@
+"""Stage `victim`: train the victim (with outlier exposure) and the AM misinformation model.
+
+Both are cached under paths.cache_dir, keyed by dataset, arch, seed and recipe, and shared
+by every run and every concurrent job (spec attacks §4)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from modelguard.engine import batches, predict_probs
+from modelguard.metrics import accuracy
+from modelguard.stages.common import build_model, cached_artifact, device_of, load_data, victim_dir
+from modelguard.utils.io import save_tensors
+from modelguard.utils.seed import make_generator
+
+
+def outlier_exposure_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the outputs against the uniform distribution (spec defenses §5.1)."""
+    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
+
+
+def misinformation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log((1 - p_y + 1e-7) / sum_j (1 - p_j + 1e-7)): pushes mass away from the true class."""
+    return F.cross_entropy(torch.log(1 - F.softmax(logits, dim=1) + 1e-7), targets)
+
+
+def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
+    recipe = cfg.victim
+    device = device_of(cfg)
+    data = load_data(cfg)
+    x_train, y_train = data.victim_train.tensors
+    x_test, y_test = data.victim_test.tensors
+    outliers = data.outliers.tensors[0]
+    torch.manual_seed(cfg.seed)  # model initialisation
+    victim = build_model(cfg.arch, data).to(device)
+    misinformation = build_model(cfg.arch, data).to(device) if recipe.misinformation else None
+    if misinformation is not None:
+        misinformation.load_state_dict(victim.state_dict())  # same initialisation (spec §5.1)
+    opt_v = instantiate(recipe.optimizer)(params=victim.parameters())
+    sched_v = instantiate(recipe.scheduler)(optimizer=opt_v)
+    if misinformation is not None:
+        opt_m = instantiate(recipe.optimizer)(params=misinformation.parameters())
+        sched_m = instantiate(recipe.scheduler)(optimizer=opt_m)
+    generator = make_generator(cfg.seed, "victim-batches")
+    oe_start = 0
+    history = []
+    bar = tqdm(range(recipe.epochs), desc="victim", unit="epoch", disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        victim.train()
+        for idx in batches(len(x_train), recipe.batch_size, generator):
+            x, y = x_train[idx].to(device), y_train[idx].to(device)
+            if recipe.oe_lambda > 0:
+                # OE batches come in a fixed cycling order; one forward pass so BatchNorm sees both.
+                oe_idx = (oe_start + torch.arange(len(idx))) % len(outliers)
+                oe_start = int(oe_idx[-1]) + 1
+                logits = victim(torch.cat([x, outliers[oe_idx].to(device)]))
+                loss = F.cross_entropy(logits[: len(x)], y) + recipe.oe_lambda * outlier_exposure_loss(logits[len(x):])
+            else:
+                loss = F.cross_entropy(victim(x), y)
+            opt_v.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_v.step()
+            if misinformation is not None:
+                misinformation.train()
+                loss_m = misinformation_loss(misinformation(x), y)
+                opt_m.zero_grad(set_to_none=True)
+                loss_m.backward()
+                opt_m.step()
+        sched_v.step()
+        if misinformation is not None:
+            sched_m.step()
+        acc = accuracy(predict_probs(victim, x_test, device=device), y_test)
+        history.append({"epoch": epoch + 1, "test_acc": acc})
+        bar.set_postfix(test_acc=f"{acc:.3f}")
+    victim.eval()
+    save_tensors(victim.state_dict(), directory / "victim.pt")
+    metrics: dict[str, Any] = {"victim/test_acc": history[-1]["test_acc"] if history else
+                               accuracy(predict_probs(victim, x_test, device=device), y_test)}
+    if misinformation is not None:
+        misinformation.eval()
+        save_tensors(misinformation.state_dict(), directory / "misinformation.pt")
+        metrics["victim/misinformation_acc"] = accuracy(predict_probs(misinformation, x_test, device=device), y_test)
+        ood = predict_probs(victim, data.query_pool.tensors[0][:1000], device=device).max(dim=1).values
+        metrics["victim/pool_mean_top1"] = ood.mean().item()
+    metrics["victim/history"] = history
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    metrics = cached_artifact(victim_dir(cfg), lambda d: train_victim(cfg, d))
+    return {k: v for k, v in metrics.items() if k != "victim/history"}

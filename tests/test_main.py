@@ -1,0 +1,99 @@
+"""End-to-end runs of the pipeline, shrunk to seconds with experiment=smoke."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelguard.run import run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ["victim/test_acc", "defense/protected_acc", "defense/l1_mean", "defense/l1_max",
+            "surrogate/test_acc", "surrogate/fidelity", "queries", "seed"]
+
+
+def test_smoke_pipeline_writes_every_metric(smoke, tmp_path):
+    cfg = smoke()
+    record = run_experiment(cfg, {"defense": "none", "attack": "naive"})
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    for key in REQUIRED:
+        assert key in written, key
+    assert written["choice/defense"] == "none"
+    assert written["queries"] == cfg.attack.budget
+    assert written["victim/test_acc"] > 0.5  # 4 separable classes
+    assert written["defense/protected_acc"] == pytest.approx(written["victim/test_acc"])
+    assert written["defense/l1_max"] == pytest.approx(0.0, abs=1e-6)
+    assert record["surrogate/test_acc"] == written["surrogate/test_acc"]
+
+
+def test_same_seed_same_metrics_and_rerun_reuses(smoke, tmp_path):
+    first = run_experiment(smoke(output_dir=tmp_path / "a"))
+    again = run_experiment(smoke(output_dir=tmp_path / "b"))
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}
+    assert strip(first) == strip(again)
+    # the same run directory again: every stage is reused, so nothing is recomputed
+    marker = tmp_path / "a" / "stages" / "substitute.json"
+    before = marker.stat().st_mtime_ns
+    third = run_experiment(smoke(output_dir=tmp_path / "a"))
+    assert marker.stat().st_mtime_ns == before
+    assert strip(third) == strip(first)
+
+
+def test_other_seed_differs(smoke, tmp_path):
+    a = run_experiment(smoke(output_dir=tmp_path / "a"))
+    b = run_experiment(smoke("seed=1", output_dir=tmp_path / "b"))
+    assert a["surrogate/test_acc"] != b["surrogate/test_acc"] or a["victim/test_acc"] != b["victim/test_acc"]
+
+
+def test_changed_config_recomputes_stage(smoke, tmp_path):
+    run_experiment(smoke(output_dir=tmp_path / "a"))
+    record = run_experiment(smoke("attack.budget=128", output_dir=tmp_path / "a"))
+    assert record["queries"] == 128
+
+
+def test_victim_cache_shared_between_runs(smoke, tmp_path):
+    run_experiment(smoke(output_dir=tmp_path / "a"))
+    victims = list((tmp_path / "cache" / "victims").rglob("victim.pt"))
+    assert len(victims) == 1
+    mtime = victims[0].stat().st_mtime_ns
+    run_experiment(smoke("attack.budget=100", output_dir=tmp_path / "b"))
+    assert victims[0].stat().st_mtime_ns == mtime
+
+
+def test_bad_stage_name_is_named(smoke):
+    with pytest.raises(ValueError, match="nonsense"):
+        run_experiment(smoke("stages=[victim,nonsense]"))
+
+
+def test_budget_larger_than_pool_is_explained(smoke):
+    with pytest.raises(ValueError, match="attack.budget=100000"):
+        run_experiment(smoke("attack.budget=100000"))
+
+
+def _main(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MODELGUARD_CACHE=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "main.py", *args, f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_unknown_option_exits_nonzero_and_lists_choices(tmp_path):
+    result = _main("defense=nonexistent", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "nonexistent" in result.stderr and "none" in result.stderr
+
+
+def test_cli_bad_value_exits_nonzero_and_names_it(tmp_path):
+    result = _main("experiment=smoke", "attack.query_batch_size=0", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "attack.query_batch_size=0" in result.stderr
+
+
+def test_cli_smoke_run_prints_summary(tmp_path):
+    result = _main("experiment=smoke", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "surrogate/test_acc" in result.stdout
+    assert (tmp_path / "run" / "metrics.json").exists()
