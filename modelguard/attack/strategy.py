@@ -22,6 +22,8 @@ class AttackStrategy:
             "shadows" (shadow models' outputs on the queries, D-DAE).
         table_rows_per_query: recovery-table rows per query (the paper: 1e6 / 5e4 = 20).
         concentration_factor: Dirichlet sharpness cf (alpha = y * K * cf).
+        shadow_count: shadow models trained for table_source="shadows" (the paper: 20).
+        shadow_epochs: training epochs of each shadow model.
     """
 
     budget: int = 10000
@@ -33,6 +35,8 @@ class AttackStrategy:
     table_source: str = "none"
     table_rows_per_query: int = 20
     concentration_factor: float = 8.0
+    shadow_count: int = 0
+    shadow_epochs: int = 3
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -50,3 +54,6 @@ class AttackStrategy:
             raise ValueError(f"attack.table_rows_per_query={self.table_rows_per_query} is invalid: it must be >= 1")
         if self.concentration_factor <= 0:
             raise ValueError(f"attack.concentration_factor={self.concentration_factor} is invalid: it must be > 0")
+        if self.table_source == "shadows" and self.shadow_count < 1:
+            raise ValueError(f"attack.shadow_count={self.shadow_count} is invalid with attack.table_source=shadows: "
+                             "train at least one shadow model, e.g. attack.shadow_count=5")

@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     api = build_api(cfg, data, budget=attack.budget * attack.queries_per_image)
     policy = instantiate(cfg.policy)
     log = policy.collect(api, data.query_pool.tensors[0], attack, make_generator(cfg.seed, "query"),
-                         **policy_context(cfg, data, attack))
+                         progress=bool(cfg.progress), **policy_context(cfg, data, attack, policy))
     labels, recover_metrics = recover_labels(cfg, data, api, attack, log)
     if attack.hard_label:
         labels = torch.nn.functional.one_hot(labels.argmax(1), labels.shape[1]).float()
@@ -40,9 +40,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def policy_context(cfg: DictConfig, data, attack) -> dict[str, Any]:
+def policy_context(cfg: DictConfig, data, attack, policy) -> dict[str, Any]:
     """Extra call-site arguments a policy declares it needs (JBDA-TR trains substitutes)."""
-    if not getattr(instantiate(cfg.policy), "needs_trainer", False):
+    if not getattr(policy, "needs_trainer", False):
         return {}
     from modelguard.stages.substitute import make_trainer
     return {"train_substitute": make_trainer(cfg, data), "relabel": lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)}

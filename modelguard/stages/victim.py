@@ -13,21 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from modelguard.defense.am import misinformation_loss, outlier_exposure_loss
 from modelguard.engine import batches, predict_probs
 from modelguard.metrics import accuracy
 from modelguard.stages.common import build_model, cached_artifact, device_of, load_data, victim_dir
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator
-
-
-def outlier_exposure_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the outputs against the uniform distribution (spec defenses §5.1)."""
-    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
-
-
-def misinformation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log((1 - p_y + 1e-7) / sum_j (1 - p_j + 1e-7)): pushes mass away from the true class."""
-    return F.cross_entropy(torch.log(1 - F.softmax(logits, dim=1) + 1e-7), targets)
 
 
 def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
