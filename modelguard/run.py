@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelguard.stages import STAGES
@@ -26,6 +27,10 @@ def validate(cfg: DictConfig) -> None:
                          f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
+    # Build every configured object once before any stage runs, so a bad value stops the run
+    # with the constructor's message before anything is trained or overwritten.
+    for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):
+        instantiate(cfg[group])
 
 
 def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
