@@ -1,0 +1,194 @@
+"""D-DAE recovery network: an MLP decoder trained on the simulation table (defenses.md §10.2).
+
+Architecture for K classes: Linear(K→h1), BN, LeakyReLU(0.2), Linear(h1→h2), BN,
+LeakyReLU(0.2), Linear(h2→K), BN, LeakyReLU(0.2), softmax. The hidden widths follow the
+original's table for K ∈ {10, 43, 100, 200, 256}; the original has no other K (a
+KeyError). We generalise to (h1, h2) = (8K, 4K) for every other K
+(attacks-and-training.md §12.25).
+
+Training: perturbed → clean pairs from the table, shuffled, SGD with momentum and weight
+decay, StepLR, loss = K · mean absolute error = the mean per-sample L1 distance.
+
+Decoding: the original leaves the network in train mode, so BatchNorm normalises with the
+statistics of the decoded batch (the whole transfer set) and updates its running
+statistics (§12.6). Our default decodes in eval mode under no_grad, in chunks, so every
+row's output depends on that row only; ``train_mode_decode=True`` reproduces the original
+(one batch, train-mode BatchNorm, running statistics updated). Both modes decode under
+no_grad: the original's missing no_grad costs memory but does not change the output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from modelguard.recover.base import Recoverer
+
+HIDDEN_WIDTHS: dict[int, tuple[int, int]] = {
+    10: (128, 64),
+    43: (512, 256),
+    100: (1024, 512),
+    200: (2048, 1024),
+    256: (2048, 1024),
+}
+
+
+def hidden_widths(num_classes: int) -> tuple[int, int]:
+    """(h1, h2): the original's table where it has K, else (8K, 4K)."""
+    k = int(num_classes)
+    return HIDDEN_WIDTHS.get(k, (8 * k, 4 * k))
+
+
+def build_decoder(num_classes: int) -> nn.Sequential:
+    k = int(num_classes)
+    h1, h2 = hidden_widths(k)
+    return nn.Sequential(
+        nn.Linear(k, h1),
+        nn.BatchNorm1d(h1),
+        nn.LeakyReLU(0.2),
+        nn.Linear(h1, h2),
+        nn.BatchNorm1d(h2),
+        nn.LeakyReLU(0.2),
+        nn.Linear(h2, k),
+        nn.BatchNorm1d(k),
+        nn.LeakyReLU(0.2),
+        nn.Softmax(dim=1),
+    )
+
+
+class RecoveryNetwork(Recoverer):
+    """D-DAE / D-DAE+ decoder (paper defaults: 200 epochs, batch 1024, SGD lr 0.01,
+    momentum 0.9, weight decay 1e-4, StepLR(100, 0.5)).
+
+    ``num_classes`` is inferred from the table in ``fit`` when None. ``seed`` fixes the
+    initial weights and the shuffling. ``history`` holds one (mean loss, mean batch L2
+    distance) pair per epoch of the last ``fit`` (the ``recover_nn_training`` log).
+
+    A trailing training batch of a single row is skipped: train-mode BatchNorm cannot
+    normalise one sample (the original would crash there).
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        epochs: int = 200,
+        batch_size: int = 1024,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        lr_step: int = 100,
+        lr_gamma: float = 0.5,
+        train_mode_decode: bool = False,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        self.num_classes = num_classes
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.lr_step = int(lr_step)
+        self.lr_gamma = float(lr_gamma)
+        self.train_mode_decode = bool(train_mode_decode)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.progress = bool(progress)
+        self.net: nn.Sequential | None = None
+        self.history: list[tuple[float, float]] = []
+        if num_classes is not None:
+            self.net = self._fresh_net(int(num_classes))
+
+    def __repr__(self) -> str:
+        return (
+            f"RecoveryNetwork(num_classes={self.num_classes}, epochs={self.epochs}, "
+            f"batch_size={self.batch_size}, lr={self.lr}, train_mode_decode={self.train_mode_decode})"
+        )
+
+    def _fresh_net(self, k: int) -> nn.Sequential:
+        # Initialise under a forked global RNG so the weights depend on ``seed`` only and
+        # the caller's RNG stream is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = build_decoder(k)
+        return net.to(self.device)
+
+    def fit(self, clean: torch.Tensor, perturbed: torch.Tensor) -> "RecoveryNetwork":
+        if clean.shape != perturbed.shape or clean.dim() != 2:
+            raise ValueError(
+                f"clean and perturbed must both be [N, K], got {tuple(clean.shape)} and "
+                f"{tuple(perturbed.shape)}"
+            )
+        k = clean.shape[1]
+        if self.num_classes is None:
+            self.num_classes = k
+        elif int(self.num_classes) != k:
+            raise ValueError(f"the table has {k} classes but num_classes is {self.num_classes}")
+        # Always retrained from scratch (the original never reloads a decoder).
+        self.net = self._fresh_net(k)
+        net = self.net
+        x_all = perturbed.detach().to(self.device, torch.float32)
+        y_all = clean.detach().to(self.device, torch.float32)
+        n = x_all.shape[0]
+        opt = torch.optim.SGD(
+            net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.history = []
+        bar = tqdm(range(self.epochs), desc="recovery net", unit="epoch", disable=not self.progress, leave=False)
+        for _ in bar:
+            net.train()
+            perm = torch.randperm(n, generator=gen).to(self.device)
+            loss_sum = l2_sum = 0.0
+            steps = 0
+            for start in range(0, n, self.batch_size):
+                idx = perm[start:start + self.batch_size]
+                if idx.numel() < 2:
+                    continue
+                out = net(x_all[idx])
+                target = y_all[idx]
+                loss = k * F.l1_loss(out, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach())
+                l2_sum += float((out.detach() - target).norm(dim=1).mean())
+                steps += 1
+            sched.step()
+            steps = max(steps, 1)
+            self.history.append((loss_sum / steps, l2_sum / steps))
+            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
+        bar.close()
+        net.eval()
+        return self
+
+    def recover(self, released: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        if self.net is None:
+            raise RuntimeError("RecoveryNetwork.recover called before fit")
+        x = released.detach().to(self.device, torch.float32)
+        with torch.no_grad():
+            if self.train_mode_decode:
+                self.net.train()
+                out = self.net(x)
+                self.net.eval()
+            else:
+                self.net.eval()
+                out = torch.cat([self.net(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
+        return out.to(released.device, released.dtype if released.is_floating_point() else torch.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.net is None:
+            raise RuntimeError("no network yet: call fit first or pass num_classes")
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "RecoveryNetwork":
+        if self.net is None:
+            k = state["0.weight"].shape[1]
+            self.num_classes = k
+            self.net = self._fresh_net(k)
+        self.net.load_state_dict(state)
+        self.net.eval()
+        return self

@@ -1,0 +1,126 @@
+"""D-DAE recovery network (defenses.md §10.2, attacks-and-training.md §12.6 and §12.25)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from modelguard.recover.network import RecoveryNetwork, build_decoder, hidden_widths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The nets here are tiny: one intra-op thread is faster than two, and steadier on
+    a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.sum(dim=1, keepdim=True)
+
+
+def _sqrt_table(k: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.softmax(2.0 * torch.randn(n, k, generator=g), dim=1)
+    return clean, _normalize(clean.sqrt())
+
+
+EXPECTED = {2: (16, 8), 3: (24, 12), 7: (56, 28), 10: (128, 64), 43: (512, 256), 100: (1024, 512), 256: (2048, 1024)}
+
+
+@pytest.mark.parametrize("k", sorted(EXPECTED))
+def test_shapes_widths_and_simplex(k):
+    assert hidden_widths(k) == EXPECTED[k]
+    net = build_decoder(k)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    h1, h2 = EXPECTED[k]
+    assert [(m.in_features, m.out_features) for m in linears] == [(k, h1), (h1, h2), (h2, k)]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net) == 3
+    rec = RecoveryNetwork(num_classes=k, progress=False)
+    x = _normalize(torch.rand(5, k))
+    out = rec.recover(x)
+    assert out.shape == (5, k)
+    assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_num_classes_inferred_and_checked():
+    clean, pert = _sqrt_table(7, 64, 0)
+    rec = RecoveryNetwork(epochs=1, batch_size=16, progress=False).fit(clean, pert)
+    assert rec.num_classes == 7 and len(rec.history) == 1
+    with pytest.raises(ValueError):
+        RecoveryNetwork(num_classes=5, epochs=1, progress=False).fit(clean, pert)
+    with pytest.raises(RuntimeError):
+        RecoveryNetwork(progress=False).recover(pert)
+
+
+def test_short_fit_reduces_loss():
+    clean, pert = _sqrt_table(10, 1024, 1)
+    rec = RecoveryNetwork(epochs=12, batch_size=128, lr=0.05, progress=False)
+    before = (10 * (RecoveryNetwork(num_classes=10, progress=False).recover(pert) - clean).abs().mean()).item()
+    rec.fit(clean, pert)
+    losses = [h[0] for h in rec.history]
+    assert len(rec.history) == 12 and all(len(h) == 2 for h in rec.history)
+    assert losses[-1] < 0.6 * losses[0]
+    after = (10 * (rec.recover(pert) - clean).abs().mean()).item()
+    assert after < 0.6 * before
+    # the decoder beats the identity on this invertible perturbation
+    identity = (10 * (pert - clean).abs().mean()).item()
+    assert after < identity
+
+
+def test_eval_decode_deterministic_and_batch_independent():
+    clean, pert = _sqrt_table(10, 512, 2)
+    rec = RecoveryNetwork(epochs=2, batch_size=64, progress=False).fit(clean, pert)
+    full = rec.recover(pert[:100])
+    again = rec.recover(pert[:100])
+    assert torch.equal(full, again)
+    alone = torch.cat([rec.recover(pert[i:i + 1]) for i in range(0, 100, 10)])
+    assert torch.allclose(alone, full[::10], atol=1e-6)
+    mixed = rec.recover(torch.cat([pert[:100], pert[300:500]]))[:100]
+    assert torch.allclose(mixed, full, atol=1e-6)
+    chunked = rec.recover(pert[:100], chunk=7)
+    assert torch.allclose(chunked, full, atol=1e-6)
+
+
+def test_train_mode_decode_uses_batch_statistics():
+    clean, pert = _sqrt_table(10, 512, 3)
+    state = RecoveryNetwork(epochs=2, batch_size=64, progress=False).fit(clean, pert).state_dict()
+    rec = RecoveryNetwork(num_classes=10, train_mode_decode=True, progress=False).load_state_dict(state)
+    a = rec.recover(pert[:100])
+    b = rec.recover(torch.cat([pert[:100], pert[300:500]]))[:100]
+    assert torch.allclose(a.sum(1), torch.ones(100), atol=1e-5)
+    assert not torch.allclose(a, b, atol=1e-4)  # batch composition matters in train mode
+    # the original's side effect: running statistics move during decoding
+    assert not torch.equal(rec.state_dict()["1.running_mean"], state["1.running_mean"])
+    ev = RecoveryNetwork(num_classes=10, progress=False).load_state_dict(state)
+    assert not torch.allclose(ev.recover(pert[:100]), a, atol=1e-4)
+
+
+def test_seeds_reproduce():
+    clean, pert = _sqrt_table(7, 300, 4)
+
+    def run(seed):
+        rec = RecoveryNetwork(epochs=3, batch_size=64, seed=seed, progress=False).fit(clean, pert)
+        return rec.history, rec.recover(pert[:20])
+
+    h1, o1 = run(0)
+    h2, o2 = run(0)
+    h3, o3 = run(1)
+    assert h1 == h2 and torch.equal(o1, o2)
+    assert h1 != h3 and not torch.equal(o1, o3)
+
+
+def test_trailing_single_row_batch_skipped():
+    clean, pert = _sqrt_table(3, 65, 5)  # 65 = 2·32 + 1
+    rec = RecoveryNetwork(epochs=2, batch_size=32, progress=False).fit(clean, pert)
+    assert len(rec.history) == 2
+
+
+@pytest.mark.slow
+def test_paper_width_k256_fit_runs():
+    clean, pert = _sqrt_table(256, 2048, 6)
+    rec = RecoveryNetwork(epochs=3, batch_size=256, progress=False).fit(clean, pert)
+    assert rec.history[-1][0] < rec.history[0][0]
