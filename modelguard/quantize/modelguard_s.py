@@ -1,0 +1,496 @@
+"""ModelGuard-S: the incremental (online) quantizer of spec defenses.md §7.
+
+Only the **ordered** online mode (§7.3) and its frozen mapping (§7.4) are implemented.
+The non-ordered mode with label buffers, the k-means reclustering and the pre-fitting
+from a training set (§7.5, §12 item 11) are out of scope: they are not in the grid.
+
+Semantics (identical to processing the rows one by one, in batch order):
+
+- one codebook C_k per top-1 class k (ties of the argmax go to the lowest index),
+  created lazily; centroids never move and are only appended;
+- a row y with top class k is answered with the **earliest-created** centroid of C_k
+  within ``eps`` (L1 or L2); if there is none a new centroid is appended to C_k and
+  returned. The new centroid is y itself, or, with ``dirichlet_candidates = n > 0``
+  (the original's ``optim``), the one of n draws from Dir(concentration·K·y) that lies
+  within ``eps`` of y, keeps the argmax, and maximises the summed distance to the
+  centroids C_k has at that moment (y when C_k is empty or no draw survives);
+- a centroid created for one row is visible to the later rows of the same batch;
+- ``simulate`` (and ``quantize`` with ``frozen=True``) never creates anything: earliest
+  centroid within eps, else the nearest (which can break the eps bound, §12 item 9);
+  a class without centroids returns the row unchanged, with one warning per class
+  (rate limited, §12 item 9), never one per row.
+
+Vectorization. Rows whose answer is decided by the codebook as it stood before the batch
+are resolved all at once: every (row, centroid of the row's class) pair is formed as a
+ragged list (the centroids are indexed class by class), one distance per pair, and a
+segmented "first index within eps" picks the answer. Only the remaining misses depend on
+order; they are resolved by a greedy leader pass run for all classes at once: in each
+round the earliest unresolved miss of every class creates a centroid and all later misses
+of that class within eps of it take it. The number of rounds is the largest number of
+centroids one class creates in the batch. ``quantize_reference`` is the plain per-row
+loop; the tests check that both give bit-identical outputs and codebooks.
+
+Randomness. Each Dirichlet search uses its own ``torch.Generator`` seeded from
+(``seed``, class, index of the new centroid within its class). So the draws depend only
+on the seed and the codebook's history, not on how the other classes' queries interleave
+or how the stream is cut into batches. This is what makes the class-parallel pass exact.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+
+from modelguard.quantize.base import Quantizer
+
+_NORMS = ("l1", "l2")
+_ALPHA_MIN = 1e-8
+_MASK64 = (1 << 64) - 1
+# Upper bound on the elements of one [pairs, K] float64 temporary (about 32 MB).
+_PAIR_BUDGET = 1 << 22
+
+
+def _mix64(*values: int) -> int:
+    """SplitMix64-style hash of integers: a seed for one Dirichlet search."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+def row_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """Distance between aligned rows of ``a`` and ``b`` (same shape [..., K]).
+
+    The single distance primitive of this module: the vectorized path and the reference
+    loop both use it, so their comparisons with eps agree to the last bit.
+    """
+    diff = a - b
+    if norm == "l1":
+        return diff.abs().sum(-1)
+    return (diff * diff).sum(-1).sqrt()
+
+
+def _pair_distance(cents: torch.Tensor, gidx: torch.Tensor, y: torch.Tensor,
+                   rows: torch.Tensor, norm: str, work: list | None = None) -> torch.Tensor:
+    """``row_distance(cents[gidx], y[rows])`` with fewer temporaries (same bits).
+
+    ``work`` (a list holding up to two float64 buffers) is reused across calls: fresh
+    multi-megabyte allocations cost more in page faults than the arithmetic itself.
+    """
+    P, K = gidx.numel(), cents.shape[1]
+    if work is None:
+        work = []
+    if not work or work[0].numel() < P * K or work[0].device != cents.device:
+        n = max(P * K, 2 * work[0].numel() if work else 0)
+        work[:] = [torch.empty(n, dtype=torch.float64, device=cents.device) for _ in range(2)]
+    diff = work[0][: P * K].view(P, K)
+    other = work[1][: P * K].view(P, K)
+    torch.index_select(cents, 0, gidx, out=diff)
+    torch.index_select(y, 0, rows, out=other)
+    diff.sub_(other)
+    if norm == "l1":
+        return diff.abs_().sum(-1)
+    return diff.mul_(diff).sum(-1).sqrt_()
+
+
+def _top1(y: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax, first maximum on ties (``max`` returns the same indices as
+    ``argmax`` and is faster on CPU)."""
+    return torch.max(y, 1).indices
+
+
+def _check_number(name: str, value, *, allow_zero: bool = False, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"ModelGuardS: {name} must be a real number, got {value!r} "
+                        f"({type(value).__name__}); fix it with {hint}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"ModelGuardS: {name} must be finite and {bound}, got {value!r}; "
+                         f"fix it with {hint}")
+    return value
+
+
+class ModelGuardS(Quantizer):
+    """Incremental per-class quantizer (ModelGuard-S, ordered mode, spec §7.3/§7.4)."""
+
+    top1_preserve = True
+    #: batches smaller than this take the per-row loop (cheaper than the batched path's
+    #: fixed number of tensor ops); the answers are the same either way.
+    sequential_below: int = 4
+
+    def __init__(self, eps: float = 1.0, norm: str = "l1", frozen: bool = False,
+                 dirichlet_candidates: int = 0, concentration: float = 10.0,
+                 seed: int = 0) -> None:
+        self.eps = _check_number("eps", eps, hint="quantize.eps=1.0 (the grid value)")
+        if not isinstance(norm, str) or norm.lower() not in _NORMS:
+            raise ValueError(f"ModelGuardS: norm must be one of {list(_NORMS)}, got {norm!r}; "
+                             f"fix it with quantize.norm=l1 (the grid value)")
+        self.norm = norm.lower()
+        if not isinstance(frozen, bool):
+            if isinstance(frozen, numbers.Integral) and int(frozen) in (0, 1):
+                frozen = bool(frozen)
+            else:
+                raise TypeError(f"ModelGuardS: frozen must be a bool, got {frozen!r}; "
+                                f"fix it with quantize.frozen=false or quantize.frozen=true")
+        self.frozen = frozen
+        if (isinstance(dirichlet_candidates, bool)
+                or not isinstance(dirichlet_candidates, numbers.Integral)
+                or dirichlet_candidates < 0):
+            raise ValueError(f"ModelGuardS: dirichlet_candidates must be an int >= 0 "
+                             f"(0 = the new centroid is the query itself, n > 0 = search "
+                             f"n Dirichlet draws; the original used 1000), got "
+                             f"{dirichlet_candidates!r}; fix it with "
+                             f"quantize.dirichlet_candidates=0")
+        self.dirichlet_candidates = int(dirichlet_candidates)
+        self.concentration = _check_number(
+            "concentration", concentration,
+            hint="quantize.concentration=10.0 (the original's value)")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"ModelGuardS: seed must be an int, got {seed!r}; "
+                            f"fix it with quantize.seed=0")
+        self.seed = int(seed)
+        self._reset(0)
+        self._warned: set[int] = set()
+
+    # ------------------------------------------------------------------ state
+    def _reset(self, num_classes: int, device: torch.device | None = None) -> None:
+        device = torch.device("cpu") if device is None else device
+        self._K = int(num_classes)
+        self._buf = torch.empty(0, self._K, dtype=torch.float64, device=device)
+        self._cls = torch.empty(0, dtype=torch.long, device=device)
+        self._n = 0
+        self._version = 0
+        self._index_version = -1
+        self._ref_cache: tuple[int, dict[int, torch.Tensor]] | None = None
+        self._work: list[torch.Tensor] = []  # scratch for pair distances (not state)
+
+    def _ensure_setup(self, probs: torch.Tensor) -> torch.Tensor:
+        if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
+            shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+            raise ValueError(f"ModelGuardS: expected probabilities of shape [B, K], got {shape}")
+        if not probs.is_floating_point():
+            raise TypeError(f"ModelGuardS: expected a floating-point tensor, got {probs.dtype}")
+        K = probs.shape[1]
+        if self._K == 0:
+            if K == 0:
+                raise ValueError("ModelGuardS: probabilities need at least one class (K >= 1)")
+            self._reset(K, probs.device)
+        elif K != self._K:
+            raise ValueError(f"ModelGuardS: the codebook has K = {self._K} classes but the "
+                             f"batch has K = {K}; use one quantizer per victim model")
+        if self._buf.device != probs.device:
+            self._buf = self._buf.to(probs.device)
+            self._cls = self._cls.to(probs.device)
+            self._index_version = -1
+        y = probs.detach().to(torch.float64)
+        if y.numel() and not bool(torch.isfinite(y.sum())):
+            raise ValueError("ModelGuardS: the probabilities contain NaN or inf (or values "
+                             "too large to sum)")
+        return y
+
+    @property
+    def _centroids(self) -> torch.Tensor:
+        return self._buf[: self._n]
+
+    def _append(self, cents: torch.Tensor, classes: torch.Tensor) -> None:
+        m = cents.shape[0]
+        if m == 0:
+            return
+        need = self._n + m
+        if need > self._buf.shape[0]:
+            cap = max(need, 2 * self._buf.shape[0], 16)
+            buf = torch.empty(cap, self._K, dtype=torch.float64, device=self._buf.device)
+            cls = torch.empty(cap, dtype=torch.long, device=self._buf.device)
+            buf[: self._n] = self._buf[: self._n]
+            cls[: self._n] = self._cls[: self._n]
+            self._buf, self._cls = buf, cls
+        self._buf[self._n: need] = cents
+        self._cls[self._n: need] = classes
+        self._n = need
+        self._version += 1
+
+    def _index(self):
+        """(perm, count, offset): centroids grouped by class, creation order kept."""
+        if self._index_version != self._version:
+            cls = self._cls[: self._n]
+            self._perm = torch.argsort(cls, stable=True)
+            self._count = torch.bincount(cls, minlength=self._K)
+            self._offset = torch.cumsum(self._count, 0) - self._count
+            self._index_version = self._version
+        return self._perm, self._count, self._offset
+
+    def num_centroids(self) -> list[int]:
+        """Number of centroids of every class (length K; empty before the first query)."""
+        if self._K == 0:
+            return []
+        return torch.bincount(self._cls[: self._n], minlength=self._K).tolist()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"centroids": self._centroids.detach().cpu().clone(),
+                "classes": self._cls[: self._n].detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        try:
+            cents, classes = state["centroids"], state["classes"]
+        except KeyError as err:
+            raise KeyError(f"ModelGuardS.load_state_dict: missing key {err}; expected "
+                           f"'centroids' [N, K] and 'classes' [N]") from None
+        cents = torch.as_tensor(cents).to(torch.float64)
+        classes = torch.as_tensor(classes).to(torch.long)
+        if cents.dim() != 2 or classes.dim() != 1 or cents.shape[0] != classes.shape[0]:
+            raise ValueError(f"ModelGuardS.load_state_dict: expected centroids [N, K] and "
+                             f"classes [N], got {tuple(cents.shape)} and {tuple(classes.shape)}")
+        N, K = cents.shape
+        if N and not bool((cents.argmax(1) == classes).all()):
+            raise ValueError("ModelGuardS.load_state_dict: every centroid's argmax must equal "
+                             "its class (the top-1 label is preserved)")
+        device = self._buf.device
+        self._reset(K, device)
+        self._append(cents.to(device), classes.to(device))
+
+    def __repr__(self) -> str:
+        return (f"ModelGuardS(eps={self.eps}, norm={self.norm!r}, frozen={self.frozen}, "
+                f"dirichlet_candidates={self.dirichlet_candidates}, "
+                f"concentration={self.concentration}, seed={self.seed}, "
+                f"centroids={self._n})")
+
+    # ------------------------------------------------------- new centroid rule
+    def _new_centroid(self, y: torch.Tensor, k: int, existing: torch.Tensor) -> torch.Tensor:
+        """The centroid created for row y (class k) given C_k = ``existing`` at that moment."""
+        n = self.dirichlet_candidates
+        m = existing.shape[0]
+        if n == 0 or m == 0:
+            return y
+        gen = torch.Generator(device="cpu").manual_seed(_mix64(self.seed, k, m))
+        alpha = (self.concentration * self._K * y.cpu()).clamp_min(_ALPHA_MIN)
+        g = torch._standard_gamma(alpha.expand(n, -1).contiguous(), generator=gen)
+        s = (g / g.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)).to(y.device)
+        keep = (row_distance(s, y.expand_as(s), self.norm) <= self.eps) & (s.argmax(1) == k)
+        s = s[keep]
+        if s.shape[0] == 0:
+            return y
+        p = 1.0 if self.norm == "l1" else 2.0
+        total = torch.cdist(s, existing, p=p,
+                            compute_mode="donot_use_mm_for_euclid_dist").sum(1)
+        if bool(total.max() > 0):
+            return s[int(total.argmax())]  # first maximum: strict > from 0
+        return s[-1]  # all totals 0: the running best never moves past the last sample
+
+    # ------------------------------------------------------------ vectorized
+    def _pairs(self, y: torch.Tensor, k: torch.Tensor, rows: torch.Tensor,
+               lo: int, cnt: torch.Tensor):
+        """Distances of batch ``rows`` to the centroids ``lo .. lo + cnt - 1`` of their
+        class (ragged, in chunks within the memory budget).
+
+        Yields (a, b, local, within, d): the chunk covers rows[a:b]; for every pair,
+        ``local`` is the row's position in the chunk, ``within`` the centroid's index in its
+        class and ``d`` the distance.
+        """
+        perm, _, offset = self._index()
+        dev = y.device
+        R = rows.numel()
+        cum = torch.cumsum(cnt, 0)
+        total = int(cum[-1]) if R else 0
+        per_chunk = max(1, _PAIR_BUDGET // self._K)
+        if total <= per_chunk:
+            bounds = [0, R]
+        else:
+            cuts = torch.searchsorted(cum, torch.arange(per_chunk, total, per_chunk, device=dev),
+                                      right=True).tolist()
+            bounds = sorted(set([0, R] + [c for c in cuts if 0 < c < R]))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            nr = cnt[a:b]
+            npairs = int(nr.sum())
+            if npairs == 0:
+                continue
+            local = torch.repeat_interleave(torch.arange(b - a, device=dev), nr)
+            start = torch.cumsum(nr, 0) - nr
+            within = torch.arange(npairs, device=dev) - torch.repeat_interleave(start, nr) + lo
+            r = rows[a:b][local]
+            gidx = perm[offset[k[r]] + within]
+            d = _pair_distance(self._centroids, gidx, y, r, self.norm, self._work)
+            yield a, b, local, within, d
+
+    def _lookup(self, y: torch.Tensor, k: torch.Tensor, nearest: bool):
+        """Match rows against the current codebook.
+
+        Returns (idx, hit): idx is the global centroid index chosen for every row (-1 if
+        none), hit says whether it is within eps. idx is the earliest centroid within eps,
+        or with ``nearest`` the nearest one (first minimum) for the rows without a hit.
+
+        Two passes: every row against the first centroid of its class, then the rows that
+        missed it against the rest of their class. Most rows hit the first centroid (the
+        earliest one wins), so they cost one distance, not one per centroid of the class.
+        """
+        B = y.shape[0]
+        dev = y.device
+        idx = torch.full((B,), -1, dtype=torch.long, device=dev)
+        hit = torch.zeros(B, dtype=torch.bool, device=dev)
+        if self._n == 0 or B == 0:
+            return idx, hit
+        perm, count, offset = self._index()
+        n_row = count[k]
+        big = torch.iinfo(torch.long).max
+        active = torch.nonzero(n_row > 0).squeeze(1)
+        lo, width = 0, 1
+        while active.numel():  # at most two passes: width 1, then the rest
+            cnt = (n_row[active] - lo).clamp(max=width)
+            first = torch.full((active.numel(),), big, dtype=torch.long, device=dev)
+            for a, b, local, within, d in self._pairs(y, k, active, lo, cnt):
+                cand = torch.where(d <= self.eps, within, big)
+                first[a:b].scatter_reduce_(0, local, cand, reduce="amin")
+            h = first < big
+            done = active[h]
+            idx[done] = perm[offset[k[done]] + first[h]]
+            hit[done] = True
+            lo += width
+            width = int(n_row.max())
+            active = active[~h & (n_row[active] > lo)]
+        if nearest:
+            rest = torch.nonzero(~hit & (n_row > 0)).squeeze(1)
+            if rest.numel():
+                near = torch.full((rest.numel(),), big, dtype=torch.long, device=dev)
+                for a, b, local, within, d in self._pairs(y, k, rest, 0, n_row[rest]):
+                    dm = torch.full((b - a,), math.inf, dtype=torch.float64, device=dev)
+                    dm.scatter_reduce_(0, local, d, reduce="amin")
+                    cand = torch.where(d == dm[local], within, big)
+                    nm = torch.full((b - a,), big, dtype=torch.long, device=dev)
+                    nm.scatter_reduce_(0, local, cand, reduce="amin")
+                    near[a:b] = nm
+                idx[rest] = perm[offset[k[rest]] + near]
+        return idx, hit
+
+    def _quantize_online(self, y: torch.Tensor) -> torch.Tensor:
+        dev = y.device
+        k = _top1(y)
+        ans, hit = self._lookup(y, k, nearest=False)  # global centroid index per row
+        miss = torch.nonzero(~hit).squeeze(1)  # batch rows, in batch order
+        M = miss.numel()
+        if M:
+            # Greedy leader pass over the misses, all classes at once. Positions index
+            # ``miss``; in every round the earliest unresolved miss of each class creates
+            # a centroid, and the unresolved misses of that class within eps take it.
+            km = k[miss]
+            dirichlet = self.dirichlet_candidates > 0
+            vbuf = torch.empty(M, self._K, dtype=torch.float64, device=dev) if dirichlet else None
+            created: dict[int, list[torch.Tensor]] = {}
+            leader_of = torch.empty(M, dtype=torch.long, device=dev)
+            leaders = []
+            big = torch.iinfo(torch.long).max
+            pos = torch.arange(M, device=dev)
+            while pos.numel():
+                kp = km[pos]
+                first = torch.full((self._K,), big, dtype=torch.long, device=dev)
+                first.scatter_reduce_(0, kp, pos, reduce="amin")
+                lp = first[kp]  # the leader each unresolved miss is compared with
+                is_leader = lp == pos
+                lpos = pos[is_leader]
+                leaders.append(lpos)
+                if dirichlet:
+                    books = self._books()
+                    for p_, c_ in zip(lpos.tolist(), km[lpos].tolist()):
+                        prior = created.setdefault(c_, [])
+                        parts = ([books[c_]] if c_ in books else []) + prior
+                        existing = torch.cat(parts, 0) if parts else y.new_empty(0, self._K)
+                        v = self._new_centroid(y[int(miss[p_])], c_, existing)
+                        prior.append(v.unsqueeze(0))
+                        vbuf[p_] = v
+                    d = _pair_distance(vbuf, lp, y, miss[pos], self.norm, self._work)
+                else:
+                    d = _pair_distance(y, miss[lp], y, miss[pos], self.norm, self._work)
+                take = (d <= self.eps) | is_leader
+                leader_of[pos[take]] = lp[take]
+                pos = pos[~take]
+            # Creation order = batch order of the creating rows (what the loop does).
+            order = torch.sort(torch.cat(leaders)).values
+            rank = torch.empty(M, dtype=torch.long, device=dev)
+            rank[order] = torch.arange(order.numel(), device=dev)
+            n0 = self._n
+            vecs = vbuf[order] if dirichlet else y[miss[order]]
+            self._append(vecs, km[order])
+            ans[miss] = n0 + rank[leader_of]
+        return self._centroids.index_select(0, ans)
+
+    def quantize(self, probs: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            return self.simulate(probs)
+        y = self._ensure_setup(probs)
+        if y.shape[0] == 0:
+            return probs.clone()
+        if y.shape[0] < self.sequential_below:
+            return self._quantize_sequential(y).to(dtype=probs.dtype)
+        return self._quantize_online(y).to(dtype=probs.dtype)
+
+    def simulate(self, probs: torch.Tensor) -> torch.Tensor:
+        y = self._ensure_setup(probs)
+        if y.shape[0] == 0:
+            return probs.clone()
+        k = _top1(y)
+        idx, _ = self._lookup(y, k, nearest=True)
+        found = idx >= 0
+        out = y.clone()
+        if bool(found.any()):
+            out[found] = self._centroids[idx[found]]
+        if not bool(found.all()):
+            empty = set(torch.unique(k[~found]).tolist()) - self._warned
+            if empty:
+                self._warned |= empty
+                shown = sorted(empty)
+                more = "" if len(shown) <= 10 else f" (and {len(shown) - 10} more)"
+                warnings.warn(
+                    f"ModelGuardS.simulate: no centroids yet for class(es) "
+                    f"{shown[:10]}{more}; their rows are returned unchanged (spec §7.4). "
+                    f"Warned once per class.", RuntimeWarning, stacklevel=2)
+        return out.to(dtype=probs.dtype)
+
+    # ------------------------------------------------------------- sequential
+    def _books(self) -> dict[int, torch.Tensor]:
+        """Per-class codebooks {k: C_k [n_k, K]} in creation order (cached)."""
+        if self._ref_cache is None or self._ref_cache[0] != self._version:
+            perm, count, _ = self._index()
+            present = torch.nonzero(count).squeeze(1)
+            parts = self._centroids[perm].split(count[present].tolist())
+            self._ref_cache = (self._version, dict(zip(present.tolist(), parts)))
+        return self._ref_cache[1]
+
+    def _quantize_sequential(self, y: torch.Tensor) -> torch.Tensor:
+        books = self._books()
+        out = torch.empty_like(y)
+        new_vecs, new_cls = [], []
+        for i in range(y.shape[0]):
+            row = y[i]
+            c = int(row.argmax())
+            book = books.get(c)
+            if book is not None:
+                d = row_distance(book, row.expand_as(book), self.norm)
+                ok = torch.nonzero(d <= self.eps)
+                if ok.numel():
+                    out[i] = book[int(ok[0, 0])]
+                    continue
+                v = self._new_centroid(row, c, book)
+                books[c] = torch.cat([book, v.unsqueeze(0)], 0)
+            else:
+                v = row
+                books[c] = v.unsqueeze(0).clone()
+            out[i] = v
+            new_vecs.append(v)
+            new_cls.append(c)
+        if new_vecs:
+            self._append(torch.stack(new_vecs), torch.tensor(new_cls, device=y.device))
+        self._ref_cache = (self._version, books)
+        return out
+
+    def quantize_reference(self, probs: torch.Tensor) -> torch.Tensor:
+        """The sequential definition, one row at a time (the reference for tests and
+        benchmarks; ``quantize`` also uses it for batches below ``sequential_below``)."""
+        if self.frozen:
+            return self.simulate(probs)
+        y = self._ensure_setup(probs)
+        return self._quantize_sequential(y).to(dtype=probs.dtype)
