@@ -77,8 +77,8 @@ def cached_artifact(directory: Path, build: Callable[[Path], dict[str, Any]]) ->
 
 def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
     path = victim_dir(cfg) / "victim.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained victim at {path}; run the victim stage first "
+    if not (victim_dir(cfg) / "done.json").exists():  # written last: the victim's files are complete
+        raise FileNotFoundError(f"no finished victim at {path.parent}; run the victim stage first "
                                 "(stages=[victim,...] or simply the default stages)")
     model = build_model(cfg.arch, data)
     model.load_state_dict(load_tensors(path))
