@@ -20,15 +20,15 @@ REQUIRED = ["victim/test_acc", "defense/protected_acc", "defense/l1_mean", "defe
 
 def test_smoke_pipeline_writes_every_metric(smoke, tmp_path):
     cfg = smoke()
-    record = run_experiment(cfg, {"defense": "none", "attack": "naive"})
+    record = run_experiment(cfg, {"defense": "mld", "attack": "naive"})
     written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     for key in REQUIRED:
         assert key in written, key
-    assert written["choice/defense"] == "none"
+    assert written["choice/defense"] == "mld"  # the default: ModelGuard-W, eps 1.0
     assert written["queries"] == cfg.attack.budget
     assert written["victim/test_acc"] > 0.5  # 4 separable classes
     assert written["defense/protected_acc"] == pytest.approx(written["victim/test_acc"])
-    assert written["defense/l1_max"] == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < written["defense/l1_max"] <= cfg.defense.eps + 1e-6
     assert record["surrogate/test_acc"] == written["surrogate/test_acc"]
 
 

@@ -180,10 +180,10 @@ def test_failed_job_is_recorded_and_others_still_run(tmp_path):
     proc, _, root = sweep(tmp_path, "fails", "stages=[victim]", "seed=0,oops")
     assert proc.returncode != 0  # the sweep says something failed ...
     assert "seed='oops' is invalid" in proc.stderr
-    ok = json.loads((root / "naive/none/experiment=smoke/seed=0/metrics.json").read_text())
-    bad = json.loads((root / "naive/none/experiment=smoke/seed=oops/metrics.json").read_text())
+    ok = json.loads((root / "naive/mld/experiment=smoke/seed=0/metrics.json").read_text())
+    bad = json.loads((root / "naive/mld/experiment=smoke/seed=oops/metrics.json").read_text())
     assert "victim/test_acc" in ok and ok.get("status", "ok") == "ok"  # ... but the good job ran
-    assert bad["status"] == "failed" and "oops" in bad["error"] and bad["choice/defense"] == "none"
+    assert bad["status"] == "failed" and "oops" in bad["error"] and bad["choice/defense"] == "mld"
     write_report(root)
     assert "1 failed job" in (root / "results.md").read_text()
 
