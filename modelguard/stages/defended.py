@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
-from modelguard.engine import predict_probs
 from modelguard.stages.common import build_model, cached_artifact, device_of, load_victim, victim_dir
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator
@@ -73,5 +72,3 @@ def answer_all(api: DefendedAPI, inputs: torch.Tensor, batch_size: int) -> tuple
         clean.append(c.cpu())
     return torch.cat(released), torch.cat(clean)
 
-
-__all__ = ["build_api", "build_defense", "build_proxy", "answer_all", "predict_probs"]
