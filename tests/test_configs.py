@@ -78,3 +78,17 @@ def test_unknown_option_is_named(compose_cfg):
     with pytest.raises(MissingConfigException) as err:
         compose_cfg("defense=nonexistent")
     assert "nonexistent" in str(err.value)
+
+
+@pytest.mark.parametrize("option", ["none", "top1", "rounding", "reverse_sigmoid", "random_noise", "mld"])
+def test_defense_is_a_library_object(compose_cfg, option):
+    """instantiate(cfg.defense).perturb(probs) works outside the pipeline for probability-only defenses."""
+    import torch
+    overrides = [f"defense={option}"] + (["defense.eps=0.5"] if option == "mld" else [])
+    defense = instantiate(compose_cfg(*overrides).defense)
+    probs = torch.softmax(3 * torch.randn(16, 10, generator=torch.Generator().manual_seed(0)), 1)
+    released = defense.perturb(probs)
+    assert released.shape == probs.shape and torch.isfinite(released).all()
+    if option == "mld":
+        assert ((released - probs).abs().sum(1) <= 0.5 + 1e-6).all()
+        assert torch.equal(released.argmax(1), probs.argmax(1))
