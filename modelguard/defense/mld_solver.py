@@ -18,8 +18,10 @@ How :func:`solve_mld` works (spec §6.4 gives the ingredients; the 1-D search is
    expensive classes, fill the cheapest up to T − μ, stop at the budget or where the two
    pointers meet). Every quantity in it is written in closed form from the prefix sums and
    three indices (how many classes are above the cap, where the drain stops, where the fill
-   stops), so one evaluation of V(T) costs two [B, K] compare-and-count passes, two
-   searchsorted calls and some gathers (no cumsum per evaluation).
+   stops), and each index is a branch-free binary search over the sorted row (one gather
+   per probe), so one evaluation of V(T) is O(log K) per row (no [B, K] pass, no cumsum).
+   The searches run on [rows] vectors in numpy on CPU (lower per-op overhead) and in torch
+   elsewhere, with identical arithmetic; finished rows leave the set without copying tables.
    The same pass carries the one-sided derivative dV/dT along (forward-mode, with the
    one-sided rule at kinks), i.e. the slope of the linear piece of V next to T.
 3. V is convex and piecewise linear on [T_lo, T_hi] (closed-form ends, spec §6.4 step 3).
@@ -94,45 +96,213 @@ def _check_args(probs: torch.Tensor, eps, margin: float, log_delta: float) -> to
             f"per-sample LP is infeasible for some inputs unless eps ≥ 2(K−1)·margin/K = {emin:.6g} "
             f"(spec §6.2); raise eps (e.g. defense.eps=1.0) or lower the margin"
         )
-    if not bool(torch.isfinite(probs).all()):
+    # a finite sum implies finite entries (one cheap reduction); only otherwise check each entry
+    if not bool(torch.isfinite(probs.sum())) and not bool(torch.isfinite(probs).all()):
         raise ValueError("probs contains NaN or inf; the ModelGuard-W LP needs finite probabilities")
     return e
 
 
 # ----------------------------------------------------------------------------------------
-# small helpers on [R] tensors
+# array backends: the solver below is written once against this small set of operations,
+# so the numpy path (CPU, lower per-op overhead) and the torch path (CUDA or CPU) run the
+# same arithmetic in the same order.
 
 
-def _dmax(a, da, b, db):
+class _NumpyOps:
+    nan = float("nan")
+
+    @staticmethod
+    def f64(a):
+        return a.astype(np.float64)
+
+    @staticmethod
+    def i64(a):
+        return a.astype(np.int64)
+
+    mx = staticmethod(np.maximum)  # array, array
+    mn = staticmethod(np.minimum)
+    where = staticmethod(np.where)
+    abs = staticmethod(np.abs)
+    floor = staticmethod(np.floor)
+    ceil = staticmethod(np.ceil)
+    log = staticmethod(np.log)
+
+    @staticmethod
+    def lo(a, x):  # max(a, scalar)
+        return np.maximum(a, x)
+
+    @staticmethod
+    def hi(a, x):  # min(a, scalar)
+        return np.minimum(a, x)
+
+    @staticmethod
+    def nz(mask):
+        return np.flatnonzero(mask)
+
+    @staticmethod
+    def anyb(mask):
+        return bool(mask.any())
+
+    @staticmethod
+    def allb(mask):
+        return bool(mask.all())
+
+    @staticmethod
+    def arange(n, like, float_=False):
+        return np.arange(n, dtype=np.float64 if float_ else np.int64)
+
+    @staticmethod
+    def full(shape, v, like):
+        return np.full(shape, v, dtype=np.float64)
+
+    @staticmethod
+    def zeros(n, like, int_=False):
+        return np.zeros(n, dtype=np.int64 if int_ else np.float64)
+
+    @staticmethod
+    def cumsum1(a):
+        return np.cumsum(a, axis=1)
+
+    @staticmethod
+    def amax1(a):
+        return a.max(axis=1)
+
+    @staticmethod
+    def sorted_order(y, m, K):
+        """Class order per row: y descending, ties by class index ascending, top class
+        removed (see the module docstring for the key)."""
+        B = y.shape[0]
+        ibits = max(1, (K - 1).bit_length())
+        lowmask = (1 << ibits) - 1
+        low = lowmask - np.arange(K, dtype=np.int64)
+        bits = np.maximum(y, 0.0).view(np.int64)
+        key = ((bits & ~lowmask) | low).view(np.float64)
+        np.negative(key, out=key)
+        key.reshape(-1)[np.arange(B) * K + m] = -np.inf
+        ks = np.sort(key, axis=1)[:, 1:]
+        return lowmask - (np.negative(ks).view(np.int64) & lowmask)
+
+    @staticmethod
+    def argmax1(y):
+        return y.argmax(axis=1)
+
+
+class _TorchOps:
+    nan = float("nan")
+
+    @staticmethod
+    def f64(a):
+        return a.to(_F64)
+
+    @staticmethod
+    def i64(a):
+        return a.long()
+
+    mx = staticmethod(torch.maximum)
+    mn = staticmethod(torch.minimum)
+    where = staticmethod(torch.where)
+    abs = staticmethod(torch.abs)
+    floor = staticmethod(torch.floor)
+    ceil = staticmethod(torch.ceil)
+    log = staticmethod(torch.log)
+
+    @staticmethod
+    def lo(a, x):
+        return a.clamp(min=x)
+
+    @staticmethod
+    def hi(a, x):
+        return a.clamp(max=x)
+
+    @staticmethod
+    def nz(mask):
+        return mask.nonzero().squeeze(1)
+
+    @staticmethod
+    def anyb(mask):
+        return bool(mask.any())
+
+    @staticmethod
+    def allb(mask):
+        return bool(mask.all())
+
+    @staticmethod
+    def arange(n, like, float_=False):
+        return torch.arange(n, device=like.device, dtype=_F64 if float_ else torch.int64)
+
+    @staticmethod
+    def full(shape, v, like):
+        return torch.full(shape, v, dtype=_F64, device=like.device)
+
+    @staticmethod
+    def zeros(n, like, int_=False):
+        return torch.zeros(n, dtype=torch.int64 if int_ else _F64, device=like.device)
+
+    @staticmethod
+    def cumsum1(a):
+        return torch.cumsum(a, 1)
+
+    @staticmethod
+    def amax1(a):
+        return a.amax(1)
+
+    @staticmethod
+    def sorted_order(y, m, K):
+        B = y.shape[0]
+        ibits = max(1, (K - 1).bit_length())
+        lowmask = (1 << ibits) - 1
+        low = lowmask - torch.arange(K, device=y.device, dtype=torch.int64)
+        bits = y.clamp(min=0.0).view(torch.int64)
+        key = ((bits & ~lowmask) | low).view(_F64).neg_()
+        key.view(-1)[torch.arange(B, device=y.device) * K + m] = float("-inf")
+        ks = torch.sort(key, dim=1).values[:, 1:]  # keys are distinct: no stability needed
+        return lowmask - (ks.neg_().view(torch.int64) & lowmask)
+
+    @staticmethod
+    def argmax1(y):
+        return y.argmax(1)
+
+
+def _dmax(o, a, da, b, db):
     """max(a, b) with its one-sided derivative (max of the derivatives at a kink)."""
-    v = torch.maximum(a, b)
-    d = torch.where(a > b, da, db)
-    tie = (a - b).abs() <= _KINK_TOL
-    return v, torch.where(tie, torch.maximum(da, db), d)
+    v = o.mx(a, b)
+    d = o.where(a > b, da, db)
+    tie = o.abs(a - b) <= _KINK_TOL
+    return v, o.where(tie, o.mx(da, db), d)
 
 
-def _dmin(a, da, b, db):
-    v = torch.minimum(a, b)
-    d = torch.where(a < b, da, db)
-    tie = (a - b).abs() <= _KINK_TOL
-    return v, torch.where(tie, torch.minimum(da, db), d)
+def _dmin(o, a, da, b, db):
+    v = o.mn(a, b)
+    d = o.where(a < b, da, db)
+    tie = o.abs(a - b) <= _KINK_TOL
+    return v, o.where(tie, o.mn(da, db), d)
 
 
-class _Rows:
-    """Per-row data of the sorted problem, restricted to a set of rows ([R, 1] columns)."""
+class _Tab:
+    """The sorted problem of a chunk, as flat arrays with row stride W = 2^k ≥ n + 1.
 
-    __slots__ = ("s", "g", "sneg", "Sx", "SGG", "last", "ym", "cm", "eps", "n", "ar", "ar1")
+    ``s``, ``g``: sorted values and costs at positions 0..n−1; ``S``, ``G``, ``GS``: exclusive
+    prefix sums at 0..n. Unused slots hold NaN, so every comparison made there by the
+    binary searches is false.
+    """
 
-    def select(self, idx: torch.Tensor) -> "_Rows":
-        o = _Rows()
-        for k in ("s", "g", "sneg", "Sx", "SGG", "last", "ym", "cm", "eps"):
-            setattr(o, k, getattr(self, k).index_select(0, idx))
-        o.n, o.ar, o.ar1 = self.n, self.ar, self.ar1
+    __slots__ = ("s", "g", "S", "G", "GS", "n", "steps")
+
+
+class _Rv:
+    """Per-row scalars of the rows still in play ([R] vectors)."""
+
+    __slots__ = ("base", "ym", "cm", "eps", "Sn", "Gn", "GSn")
+
+    def select(self, idx):
+        o = _Rv()
+        for k in self.__slots__:
+            setattr(o, k, getattr(self, k)[idx])
         return o
 
 
-def _evaluate(R: _Rows, T: torch.Tensor, direction: float, mu: float):
-    """V(T) and its directional derivative along ``direction`` (+1: right, −1: left).
+def _evaluate(o, tb: _Tab, R: _Rv, T, direction: float, mu: float):
+    """V(T) and its directional derivative along ``direction`` (+1: right, −1: left), per row.
 
     Also returns the structure needed to rebuild y' at T. Notation as in spec §6.4 with
     0-based sorted positions: the first f classes are above the cap U = T − μ, the drain
@@ -142,106 +312,139 @@ def _evaluate(R: _Rows, T: torch.Tensor, direction: float, mu: float):
       Q_i = (n − max(i+1,f))·U − (S_n − S_max(i+1,f))   (free capacity below position i)
     Every branch (min/max, index choice) is taken on values; the derivative follows the branch,
     with the one-sided rule (max → larger slope, min → smaller) where two values tie.
+
+    The three indices come from branch-free binary searches over the sorted row (each probe is
+    one gather per row), so one evaluation costs O(log K) per row, not O(K): every predicate
+    searched is monotone along the sorted positions (true on a prefix), and the search returns
+    the length of that prefix, i.e. the count the O(K) formulation takes.
     """
-    n = R.n
+    n, steps = tb.n, tb.steps
+    s, S, G, GS = tb.s, tb.S, tb.G, tb.GS
+    base, Sn, Gn, GSn = R.base, R.Sn, R.Gn, R.GSn
     dT = direction
-    SGG = R.SGG
-    S = SGG[:, 0, :]
-
-    def gat(idx):  # idx [R, k] → (S, G, GS) at idx, each [R, k]
-        return SGG.gather(2, idx.unsqueeze(1).expand(-1, 3, -1)).unbind(1)
-
-    Sn, Gn, GSn = R.last.unbind(1)
-    Sn, Gn, GSn = Sn.unsqueeze(1), Gn.unsqueeze(1), GSn.unsqueeze(1)
-    T = T.unsqueeze(1)
     U = T - mu
-    f = torch.searchsorted(R.sneg, -U, right=direction < 0)  # classes strictly above the cap
-    ff = f.to(_F64)
-    Sf, Gf, GSf = gat(f)
+
+    # f: classes strictly above the cap (s_i > U; s_i ≥ U for the left derivative)
+    bp = base
+    for st in steps:
+        v = s[bp + (st - 1)]
+        bp = bp + ((v > U) if direction > 0 else (v >= U)) * st
+    fb = bp  # flat position of f
+    f = fb - base
+    ff = o.f64(f)
+    Sf, Gf, GSf = S[fb], G[fb], GS[fb]
     fU = ff * U
     F = Sf - fU  # forced cut
     M = 1.0 - T - (fU + Sn - Sf)
-    dM = -dT * (1.0 + ff)
+    dM = (1.0 + ff) * (-dT)
     x = T - R.ym
-    d_abs = torch.where(x > _KINK_TOL, dT, torch.where(x < -_KINK_TOL, -dT, 1.0))  # |x|: +1 at 0
-    bud = R.eps - x.abs() - F
+    p = o.f64(x > _KINK_TOL)
+    q = o.f64(x < -_KINK_TOL)
+    d_abs = (p - q) * dT + (1.0 - p - q)  # d|x|: ±dT off zero, +1 at 0
+    bud = R.eps - o.abs(x) - F
     d_bud = ff * dT - d_abs
-    zero = torch.zeros_like(T)
-    lowD, d_lowD = _dmax(zero, zero, -M, -dM)
+    zero = T * 0.0
+    lowD, d_lowD = _dmax(o, zero, zero, -M, -dM)
     budD = 0.5 * (bud - M)
     d_budD = 0.5 * (d_bud - dM)
 
     # --- meeting point D_meet = min_i max(P_i, Q_i − M): i* = first i with P_i ≥ Q_i − M ---
     Qf = (n - ff) * U - (Sn - Sf)  # Q_i for every i < f
     kappa = Qf - M
-    i_cap = torch.ceil((kappa / U).clamp(min=0.0, max=float(n)))  # h(i) = iU − κ for i < f
+    i_cap = o.ceil(o.hi(o.lo(kappa / U, 0.0), float(n)))  # h(i) = iU − κ for i < f
     # for i ≥ f: h(i) ≥ 0 ⇔ (i+1)·U − s_i ≥ κ, and (i+1)·U − s_i increases strictly in i
-    a_cnt = ((R.ar1 * U - R.s) < kappa).sum(1, keepdim=True)
-    istar = torch.where(i_cap < ff, i_cap.long(), torch.maximum(a_cnt, f))
-    i1 = istar.clamp(max=n - 1)
-    i0 = (istar - 1).clamp(min=0)
-    bp1, bq1 = torch.maximum(i1, f), torch.maximum(i1 + 1, f)
-    bp0, bq0 = torch.maximum(i0, f), torch.maximum(i0 + 1, f)
-    Sp1, Sq1, Sp0, Sq0 = S.gather(1, torch.cat([bp1, bq1, bp0, bq0], 1)).unbind(1)
-    a1 = torch.minimum(i1, f).to(_F64)
-    a0 = torch.minimum(i0, f).to(_F64)
-    c1 = (n - bq1).to(_F64)
-    c0 = (n - bq0).to(_F64)
+    bp = base
+    pf = zero
+    for st in steps:
+        v = s[bp + (st - 1)]
+        inc = (((pf + st) * U - v) < kappa) * st
+        bp = bp + inc
+        pf = pf + inc
+    a_cnt = bp - base
+    istar = o.where(i_cap < ff, o.i64(i_cap), o.mx(a_cnt, f))
+    i1 = o.hi(istar, n - 1)
+    i0 = o.lo(istar - 1, 0)
+    bq1 = o.mx(i1 + 1, f)
+    bq0 = o.mx(i0 + 1, f)
+    Sp1 = S[base + o.mx(i1, f)]
+    Sq1 = S[base + bq1]
+    Sp0 = S[base + o.mx(i0, f)]
+    Sq0 = S[base + bq0]
+    a1 = o.f64(o.mn(i1, f))
+    a0 = o.f64(o.mn(i0, f))
+    c1 = o.f64(n - bq1)
+    c0 = o.f64(n - bq0)
     # E_i = max(P_i, Q_i − M) at i* and i* − 1; D_meet is the smaller (one-sided rule at kinks)
-    E1, dE1 = _dmax(a1 * U + Sp1.unsqueeze(1) - Sf, a1 * dT,
-                    c1 * U - (Sn - Sq1.unsqueeze(1)) - M, c1 * dT - dM)
-    E0, dE0 = _dmax(a0 * U + Sp0.unsqueeze(1) - Sf, a0 * dT,
-                    c0 * U - (Sn - Sq0.unsqueeze(1)) - M, c0 * dT - dM)
-    E1 = torch.where(istar < n, E1, 1e300)
-    E0 = torch.where(istar >= 1, E0, 1e300)
-    Dmeet, d_Dmeet = _dmin(E0, dE0, E1, dE1)
+    E1, dE1 = _dmax(o, a1 * U + Sp1 - Sf, a1 * dT, c1 * U - (Sn - Sq1) - M, c1 * dT - dM)
+    E0, dE0 = _dmax(o, a0 * U + Sp0 - Sf, a0 * dT, c0 * U - (Sn - Sq0) - M, c0 * dT - dM)
+    E1 = o.where(istar < n, E1, 1e300)
+    E0 = o.where(istar >= 1, E0, 1e300)
+    Dmeet, d_Dmeet = _dmin(o, E0, dE0, E1, dE1)
 
-    X, dX = _dmin(budD, d_budD, Dmeet, d_Dmeet)
-    D, dD = _dmax(lowD, d_lowD, X, dX)
+    X, dX = _dmin(o, budD, d_budD, Dmeet, d_Dmeet)
+    D, dD = _dmax(o, lowD, d_lowD, X, dX)
     A = D + M
     dA = dD + dM
 
     # --- drain: last position j with P_j ≤ D ---
-    j_cap = torch.floor(D / U).clamp(min=0.0, max=float(n)).long()
-    j_unc = torch.searchsorted(R.Sx, D - fU + Sf, right=True) - 1
-    j = torch.where(D < fU, torch.minimum(j_cap, f - 1), torch.maximum(j_unc, f)).clamp(0, n - 1)
-    mj = torch.minimum(j, f)
-    Mj = torch.maximum(j, f)
-    (_, SMj), (Gmj, _), (_, GSMj) = (v.unbind(1) for v in gat(torch.cat([mj, Mj], 1)))
-    SMj, Gmj, GSMj = SMj.unsqueeze(1), Gmj.unsqueeze(1), GSMj.unsqueeze(1)
-    mjf = mj.to(_F64)
+    j_cap = o.i64(o.hi(o.lo(o.floor(D / U), 0.0), float(n)))
+    xs = D - fU + Sf
+    bp = base
+    for st in steps:  # #{i ≤ n : S_i ≤ xs}, capped at n below
+        bp = bp + (S[bp + (st - 1)] <= xs) * st
+    j_unc = o.hi(bp - base, n) - 1
+    j = o.hi(o.lo(o.where(D < fU, o.mn(j_cap, f - 1), o.mx(j_unc, f)), 0), n - 1)
+    mj = o.mn(j, f)
+    Mj = o.mx(j, f)
+    SMj = S[base + Mj]
+    GSMj = GS[base + Mj]
+    Gmj = G[base + mj]
+    mjf = o.f64(mj)
     Pj = mjf * U + SMj - Sf
-    gj = R.g.gather(1, j)
+    gj = tb.g[base + j]
     drain = U * Gmj + GSMj - GSf + gj * (D - Pj)
     d_drain = dT * Gmj + gj * (dD - mjf * dT)
 
     # --- fill: first position l ≥ f with S_l − l·U ≤ A + S_n − n·U; positions ≥ l are at U ---
-    above = ((S - R.ar * U) > (A + Sn - n * U)) & (R.ar >= ff)
-    lstar = f + above.sum(1, keepdim=True)
-    Sl, Gl, GSl = gat(lstar)
-    rr = (n - lstar).to(_F64)
-    ipart = (lstar - 1).clamp(min=0)
+    thr = A + Sn - n * U
+    bp = base
+    pf = zero
+    for st in steps:
+        i = pf + (st - 1)
+        inc = ((i < ff) | ((S[bp + (st - 1)] - i * U) > thr)) * st
+        bp = bp + inc
+        pf = pf + inc
+    lb = bp
+    lstar = lb - base
+    Sl, Gl, GSl = S[lb], G[lb], GS[lb]
+    rr = o.f64(n - lstar)
+    ipart = o.lo(lstar - 1, 0)
     has_part = lstar > f
-    part = torch.where(has_part, A - (rr * U - (Sn - Sl)), zero)
-    gi = R.g.gather(1, ipart)
+    part = o.where(has_part, A - (rr * U - (Sn - Sl)), zero)
+    gi = tb.g[base + ipart]
     fill = U * (Gn - Gl) - (GSn - GSl) + gi * part
-    d_fill = dT * (Gn - Gl) + torch.where(has_part, gi * (dA - rr * dT), zero)
+    d_fill = dT * (Gn - Gl) + o.where(has_part, gi * (dA - rr * dT), zero)
 
     V = R.cm * T + (U * Gf + GSn - GSf) - drain + fill
     dV = R.cm * dT + dT * Gf - d_drain + d_fill
-    fl = torch.cat([T, V, U, D, Pj, part], 1)
-    lg = torch.cat([f, j, lstar], 1)
-    return V.squeeze(1), dV.squeeze(1), (fl, lg)
+    return V, dV, (T, V, U, D, Pj, part, f, j, lstar)
 
 
-def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float):
-    """Exact optimum for a float64 [B, K] chunk (K ≥ 2). Returns (y', objective) in float64."""
+def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, use_numpy: bool):
+    """Exact optimum for a float64 [B, K] chunk (K ≥ 2). Returns (y', objective) in float64.
+
+    The one-off O(K) work per row (sort, prefix sums, T_lo, rebuild) is a handful of torch ops
+    on [B, K]; the search, O(log K) per row and evaluation, runs many small ops on [rows]
+    vectors, in numpy when ``use_numpy`` (CPU only: a numpy op costs far less fixed overhead
+    than a torch op) or in torch. Both run the same arithmetic and give identical results.
+    """
     B, K = y.shape
     n = K - 1
+    kb = n.bit_length()
+    W = 1 << kb  # row stride of the search tables, ≥ n + 1
     dev = y.device
     m = y.argmax(1, keepdim=True)
-    ym = y.gather(1, m)  # [B, 1]
-    eps = eps.unsqueeze(1)
+    ym2 = y.gather(1, m)  # [B, 1]
 
     # ---- one sort: key = (y descending, class index ascending), top class forced first ----
     ibits = max(1, (K - 1).bit_length())
@@ -251,65 +454,99 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float):
     key = ((bits & ~lowmask) | low).view(_F64).neg_()
     key.scatter_(1, m, float("-inf"))
     if dev.type == "cpu":
-        ks = torch.from_numpy(np.sort(key.numpy(), axis=1)[:, 1:])
+        ks = torch.from_numpy(np.sort(key.numpy(), axis=1))
     else:
-        ks = torch.sort(key, dim=1).values[:, 1:]
-    order = lowmask - (ks.neg_().view(torch.int64) & lowmask)
+        ks = torch.sort(key, dim=1).values  # keys are distinct: no stability needed
+    order = lowmask - (ks.neg_().view(torch.int64) & lowmask)  # [B, K], top class first
+    order[:, :1] = m
 
-    R = _Rows()
-    R.n = n
-    s = y.gather(1, order)
-    g = torch.log(s + delta)
-    R.s, R.g = s, g
-    R.sneg = s.neg()
-    SGG = torch.zeros(B, 3, n + 1, dtype=_F64, device=dev)  # exclusive prefix sums of s, g, g·s
-    SGG[:, 0, 1:] = s
-    SGG[:, 1, 1:] = g
-    torch.mul(g, s, out=SGG[:, 2, 1:])
-    SGG.cumsum_(2)
-    R.SGG = SGG
-    R.Sx = SGG[:, 0, :n].contiguous()
-    R.last = SGG[:, :, n]
-    R.ym, R.cm, R.eps = ym, torch.log(ym + delta), eps
-    ar = torch.arange(n + 1, device=dev, dtype=_F64).unsqueeze(0)
-    R.ar, R.ar1 = ar, ar[:, 1:]
+    # ---- search tables, one [5, B, W] block: rows of s, g, S, G, GS. Column c of s and g
+    # holds sorted position c − 1 (column 0: the top class), column i of S, G, GS the
+    # exclusive prefix sum up to position i; columns ≥ K (only when K is not a power of 2)
+    # hold NaN, so every comparison the binary searches make there is false.
+    X = torch.empty(5, B, W, dtype=_F64, device=dev)
+    if W == K:
+        torch.gather(y, 1, order, out=X[0])
+        torch.log(X[0] + delta, out=X[1])
+    else:
+        X[:, :, K:] = float("nan")
+        X[0, :, :K] = y.gather(1, order)
+        X[1, :, :K] = torch.log(X[0, :, :K] + delta)
+    X[2:4] = X[0:2]
+    X[2:4, :, 0] = 0.0
+    torch.mul(X[2], X[3], out=X[4])
+    X[2:5, :, :K].cumsum_(2)
+    sF = X[0, :, :K]  # [B, K]
+    S = X[2, :, :K]
+    ym = ym2.squeeze(1)
+    cm = X[1, :, 0]
+    rowsB_t = torch.arange(B, device=dev)
+    Sn, Gn, GSn = X[2:5, :, n]
 
     # ---- feasible interval of T (spec §6.4 step 3) ----
-    S = SGG[:, 0, :]
+    ar = torch.arange(n + 1, device=dev, dtype=_F64).unsqueeze(0)
     T_flat = (1.0 + n * mu) / K
-    T_lo = ((S + (ar * mu + (ym - 0.5 * eps))) * (1.0 / (ar + 1.0))).amax(1).clamp(min=T_flat)
+    T_lo = ((S + (ar * mu + (ym2 - 0.5 * eps.unsqueeze(1)))) * (1.0 / (ar + 1.0))).amax(1).clamp(min=T_flat)
     # The L1 needed at T is 2·max(y_m − T + F, F, T − y_m) (F = forced cut). Spec §6.4 step 3
     # keeps only the first term; above y_m (ties at the top with a small ε) F ≤ ε/2 binds:
     # T ≥ max_k (S_k + kμ − ε/2)/k.
-    ym1, eps1 = ym.squeeze(1), eps.squeeze(1)
-    over = T_lo > ym1
+    over = T_lo > ym
     if bool(over.any()):
-        lines2 = (S[:, 1:] + (R.ar1 * mu - 0.5 * eps)) / R.ar1
+        ar1 = ar[:, 1:]
+        lines2 = (S[:, 1:] + (ar1 * mu - 0.5 * eps.unsqueeze(1))) / ar1
         T_lo = torch.where(over, torch.maximum(T_lo, lines2.amax(1)), T_lo)
-    T_hi = torch.clamp(ym1 + 0.5 * eps1, max=1.0)
+    T_hi = torch.clamp(ym + 0.5 * eps, max=1.0)
     T_lo = torch.minimum(T_lo, T_hi)
 
-    recs = []  # (rows, [T, V, U, D, Pj, part], [f, j, lstar]) of finished rows
+    # ---- the search, on [rows] vectors, in numpy or torch ----
+    if use_numpy:
+        o = _NumpyOps
+        cv = torch.Tensor.numpy
+    else:
+        o = _TorchOps
+        cv = lambda t: t  # noqa: E731
+    Xf = cv(X.view(-1))
+    tb = _Tab()
+    tb.n = n
+    tb.steps = [1 << b for b in range(kb - 1, -1, -1)]
+    BW = B * W
+    tb.s, tb.g, tb.S, tb.G, tb.GS = Xf[1:], Xf[BW + 1:], Xf[2 * BW:], Xf[3 * BW:], Xf[4 * BW:]
+    R = _Rv()
+    R.base = cv(rowsB_t * W)
+    R.ym, R.cm, R.eps, R.Sn, R.Gn, R.GSn = (cv(v.contiguous()) for v in (ym, cm, eps, Sn, Gn, GSn))
+    T_lo, T_hi = cv(T_lo), cv(T_hi)
+    rowsB = cv(rowsB_t)
+    like = T_lo
+
+    # results at T* per row: T, V, U, D, Pj, part (float) and f, j, l* (int)
+    res = [o.zeros(B, like) for _ in range(6)] + [o.zeros(B, like, int_=True) for _ in range(3)]
+
+    def store(rows, st, sel):
+        if sel is None:
+            for r_, v_ in zip(res, st):
+                r_[rows] = v_
+        else:
+            ids = rows[sel]
+            for r_, v_ in zip(res, st):
+                r_[ids] = v_[sel]
 
     # ---- left end: the closed-form top cut when V does not decrease to its right ----
-    Va, ga, st = _evaluate(R, T_lo, 1.0, mu)
+    Va, ga, st = _evaluate(o, tb, R, T_lo, 1.0, mu)
     done = (ga >= 0) | (T_hi - T_lo <= 1e-15)
-    if bool(done.all()):
-        recs.append((None,) + st)
+    if o.allb(done):
+        res = list(st)
     else:
-        dn = done.nonzero().squeeze(1)
-        recs.append((dn, st[0][dn], st[1][dn]))
-        rows = (~done).nonzero().squeeze(1)
+        store(rowsB, st, o.nz(done))
+        rows = o.nz(~done)
         Ra = R.select(rows)
         a, Va, ga = T_lo[rows], Va[rows], ga[rows]
         b = T_hi[rows]
-        Vb, dVb, st = _evaluate(Ra, b, -1.0, mu)
+        Vb, dVb, st = _evaluate(o, tb, Ra, b, -1.0, mu)
         gb = -dVb
         done = gb <= 0
-        if bool(done.any()):
-            dn = done.nonzero().squeeze(1)
-            recs.append((rows[dn], st[0][dn], st[1][dn]))
-            keep = (~done).nonzero().squeeze(1)
+        if o.anyb(done):
+            store(rows, st, o.nz(done))
+            keep = o.nz(~done)
             rows, Ra = rows[keep], Ra.select(keep)
             a, Va, ga, b, Vb, gb = a[keep], Va[keep], ga[keep], b[keep], Vb[keep], gb[keep]
         # ---- cutting plane on [a, b]: lines through (a, Va) slope ga < 0 and (b, Vb) slope
@@ -317,58 +554,51 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float):
         # min V; if V(t) ≤ L (+ rounding) t is optimal. Otherwise t replaces the end on its
         # side, adding the line of a new piece, so the loop ends after finitely many steps.
         it = 0
-        while rows.numel() > 0:
+        while rows.shape[0] > 0:
             it += 1
-            t = ((Vb - Va + ga * a - gb * b) / (ga - gb)).clamp(min=a, max=b)
+            t = o.mn(o.mx((Vb - Va + ga * a - gb * b) / (ga - gb), a), b)
             L = Va + ga * (t - a)
-            Vt, gt, st = _evaluate(Ra, t, 1.0, mu)
-            conv = (Vt - L <= _STOP_TOL * (1.0 + Vt.abs())) | (gt == 0) | (b - a <= 1e-15)
+            Vt, gt, st = _evaluate(o, tb, Ra, t, 1.0, mu)
+            conv = (Vt - L <= _STOP_TOL * (1.0 + o.abs(Vt))) | (gt == 0) | (b - a <= 1e-15)
             if it >= _MAX_CUTS:
-                conv = torch.ones_like(conv)
-            if bool(conv.any()):
-                dn = conv.nonzero().squeeze(1)
-                recs.append((rows[dn], st[0][dn], st[1][dn]))
-                keep = (~conv).nonzero().squeeze(1)
-                if keep.numel() == 0:
+                conv = conv | True
+            if o.anyb(conv):
+                if o.allb(conv):
+                    store(rows, st, None)
                     break
+                store(rows, st, o.nz(conv))
+                keep = o.nz(~conv)
                 rows, Ra = rows[keep], Ra.select(keep)
                 a, Va, ga, b, Vb, gb = a[keep], Va[keep], ga[keep], b[keep], Vb[keep], gb[keep]
                 t, Vt, gt = t[keep], Vt[keep], gt[keep]
             left = gt < 0
-            a = torch.where(left, t, a)
-            Va = torch.where(left, Vt, Va)
-            ga = torch.where(left, gt, ga)
-            b = torch.where(left, b, t)
-            Vb = torch.where(left, Vb, Vt)
-            gb = torch.where(left, gb, gt)
+            a = o.where(left, t, a)
+            Va = o.where(left, Vt, Va)
+            ga = o.where(left, gt, ga)
+            b = o.where(left, b, t)
+            Vb = o.where(left, Vb, Vt)
+            gb = o.where(left, gb, gt)
 
-    if recs[0][0] is None:
-        FL, LG = recs[0][1], recs[0][2]
-    else:
-        idx = torch.cat([r[0] for r in recs])
-        FL = torch.empty(B, 6, dtype=_F64, device=dev)
-        LG = torch.empty(B, 3, dtype=torch.int64, device=dev)
-        FL[idx] = torch.cat([r[1] for r in recs])
-        LG[idx] = torch.cat([r[2] for r in recs])
-    T_out, V_out, U, D, Pj, part = FL.unbind(1)
-    f, j, lst = LG.split(1, dim=1)
+    if use_numpy:
+        res = [torch.from_numpy(r_) for r_ in res]
+    T_out, V_out, U, D, Pj, part, f, j, lst = (r_.unsqueeze(1) for r_ in res)
 
-    # ---- rebuild y' in sorted order, then scatter back ----
-    U = U.unsqueeze(1)
-    w = torch.minimum(s, U)
-    arn = R.ar[:, :n].long()
+    # ---- rebuild y' in sorted order (column c = position c − 1, column 0 = top), scatter back ----
+    w = torch.minimum(sF, U)
+    arn = torch.arange(-1, n, device=dev, dtype=torch.int64).unsqueeze(0)
     v = w * (arn > j)  # drained: positions < j; position j keeps what the drain left
-    wj = w.gather(1, j)
-    v.scatter_(1, j, torch.minimum((Pj.unsqueeze(1) + wj - D.unsqueeze(1)).clamp(min=0.0), wj))
+    j1 = j + 1
+    wj = w.gather(1, j1)
+    v.scatter_(1, j1, torch.minimum((Pj + wj - D).clamp(min=0.0), wj))
     v = torch.maximum(v, U * (arn >= lst))  # filled to the cap: positions ≥ l*
-    ip = (lst - 1).clamp(min=0)
+    ip = lst.clamp(min=1)
     vi = v.gather(1, ip)
-    vi = torch.where(lst > f, torch.minimum((vi + part.unsqueeze(1)).clamp(min=0.0), U), vi)
+    vi = torch.where(lst > f, torch.minimum((vi + part).clamp(min=0.0), U), vi)
     v.scatter_(1, ip, vi)
+    v[:, :1] = T_out
     out = torch.empty_like(y)
     out.scatter_(1, order, v)
-    out.scatter_(1, m, T_out.unsqueeze(1))
-    return out, V_out
+    return out, V_out.squeeze(1)
 
 
 def solve_mld(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: float = 1e-6):
@@ -387,14 +617,22 @@ def solve_mld(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: float =
         return probs.clone(), torch.zeros(0, dtype=_F64, device=probs.device)
     if K == 1:
         return probs.clone(), torch.log(y[:, 0] + log_delta)
+    out, obj = _solve(y, e, float(margin), float(log_delta), numpy=y.device.type == "cpu")
+    return out.to(probs.dtype), obj
+
+
+def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: bool):
+    """Chunked exact solve of float64 rows ``y`` with budgets ``e``; ``numpy`` picks the numpy
+    backend (CPU tensors only) or the torch one (any device). Both run the same arithmetic."""
+    B = y.shape[0]
     outs, objs = [], []
     for lo in range(0, B, _CHUNK):
-        o, v = _solve_chunk(y[lo:lo + _CHUNK], e[lo:lo + _CHUNK], float(margin), float(log_delta))
+        o, v = _solve_chunk(y[lo:lo + _CHUNK], e[lo:lo + _CHUNK].contiguous(), mu, delta, numpy)
         outs.append(o)
         objs.append(v)
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     obj = objs[0] if len(objs) == 1 else torch.cat(objs)
-    return out.to(probs.dtype), obj
+    return out, obj
 
 
 # ----------------------------------------------------------------------------------------

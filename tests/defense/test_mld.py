@@ -323,3 +323,18 @@ def test_batch_budget_lp():
     _, o2 = solve_mld(Y[:1], eps)
     assert abs(float(o1[0]) - float(o2[0])) < 1e-6
     assert math.isfinite(total)
+
+
+def test_numpy_and_torch_backends_agree():
+    # solve_mld runs its search in numpy on CPU and in torch elsewhere; both must agree exactly
+    from modelguard.defense.mld_solver import _solve
+
+    rng = np.random.default_rng(17)
+    for K in (2, 3, 10, 100, 256, 257):
+        Y = torch.cat([_peaked(rng, K, 20), _flat(rng, K, 20), _edge_rows(K, rng)])
+        for eps in (min_feasible_eps(K), 0.1, 1.0, 2.0):
+            e = torch.full((Y.shape[0],), eps, dtype=torch.float64)
+            out_np, obj_np = _solve(Y, e, MU, DELTA, numpy=True)
+            out_t, obj_t = _solve(Y, e, MU, DELTA, numpy=False)
+            assert torch.equal(out_np, out_t) and torch.equal(obj_np, obj_t), (K, eps)
+            assert _violation(Y, out_t, eps) < 1e-9
