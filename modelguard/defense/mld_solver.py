@@ -159,33 +159,6 @@ class _NumpyOps:
     def zeros(n, like, int_=False):
         return np.zeros(n, dtype=np.int64 if int_ else np.float64)
 
-    @staticmethod
-    def cumsum1(a):
-        return np.cumsum(a, axis=1)
-
-    @staticmethod
-    def amax1(a):
-        return a.max(axis=1)
-
-    @staticmethod
-    def sorted_order(y, m, K):
-        """Class order per row: y descending, ties by class index ascending, top class
-        removed (see the module docstring for the key)."""
-        B = y.shape[0]
-        ibits = max(1, (K - 1).bit_length())
-        lowmask = (1 << ibits) - 1
-        low = lowmask - np.arange(K, dtype=np.int64)
-        bits = np.maximum(y, 0.0).view(np.int64)
-        key = ((bits & ~lowmask) | low).view(np.float64)
-        np.negative(key, out=key)
-        key.reshape(-1)[np.arange(B) * K + m] = -np.inf
-        ks = np.sort(key, axis=1)[:, 1:]
-        return lowmask - (np.negative(ks).view(np.int64) & lowmask)
-
-    @staticmethod
-    def argmax1(y):
-        return y.argmax(axis=1)
-
 
 class _TorchOps:
     nan = float("nan")
@@ -237,30 +210,6 @@ class _TorchOps:
     @staticmethod
     def zeros(n, like, int_=False):
         return torch.zeros(n, dtype=torch.int64 if int_ else _F64, device=like.device)
-
-    @staticmethod
-    def cumsum1(a):
-        return torch.cumsum(a, 1)
-
-    @staticmethod
-    def amax1(a):
-        return a.amax(1)
-
-    @staticmethod
-    def sorted_order(y, m, K):
-        B = y.shape[0]
-        ibits = max(1, (K - 1).bit_length())
-        lowmask = (1 << ibits) - 1
-        low = lowmask - torch.arange(K, device=y.device, dtype=torch.int64)
-        bits = y.clamp(min=0.0).view(torch.int64)
-        key = ((bits & ~lowmask) | low).view(_F64).neg_()
-        key.view(-1)[torch.arange(B, device=y.device) * K + m] = float("-inf")
-        ks = torch.sort(key, dim=1).values[:, 1:]  # keys are distinct: no stability needed
-        return lowmask - (ks.neg_().view(torch.int64) & lowmask)
-
-    @staticmethod
-    def argmax1(y):
-        return y.argmax(1)
 
 
 def _dmax(o, a, da, b, db):
