@@ -30,7 +30,8 @@ KNOWN_ERRORS = (ValueError, FileNotFoundError, RuntimeError, InstantiationExcept
 
 
 def record_failure(cfg: DictConfig, choices: dict[str, str], err: BaseException) -> None:
-    """Write metrics.json with status "failed" (best effort: never hides the original error)."""
+    """Write metrics.json with status "failed" (failure.json if an earlier run succeeded here);
+    best effort: never hides the original error."""
     try:
         record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
                   **{f"choice/{k}": v for k, v in choices.items()}}
@@ -42,7 +43,11 @@ def record_failure(cfg: DictConfig, choices: dict[str, str], err: BaseException)
             record.update(swept_scalars(cfg))
         except Exception:  # noqa: BLE001 - the config itself may be what is broken
             pass
-        save_json(record, Path(cfg.paths.output_dir) / "metrics.json")
+        out = Path(cfg.paths.output_dir)
+        previous = out / "metrics.json"
+        # Never overwrite the results of an earlier successful run in this directory.
+        keep = previous.exists() and '"status": "failed"' not in previous.read_text()
+        save_json(record, out / ("failure.json" if keep else "metrics.json"))
     except Exception as inner:  # noqa: BLE001
         log.warning("could not record the failure in metrics.json: %s", inner)
 

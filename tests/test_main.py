@@ -101,3 +101,12 @@ def test_cli_smoke_run_prints_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "surrogate/test_acc" in result.stdout
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_cli_failure_keeps_earlier_results(tmp_path):
+    assert _main("experiment=smoke", tmp_path=tmp_path).returncode == 0
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    result = _main("experiment=smoke", "attack.budget=0", tmp_path=tmp_path)  # same run dir, now failing
+    assert result.returncode != 0 and "attack.budget=0" in result.stderr
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+    assert "failed" in (tmp_path / "run" / "failure.json").read_text()
