@@ -77,8 +77,10 @@ def row_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _pair_distance(cents: torch.Tensor, gidx: torch.Tensor, y: torch.Tensor,
-                   rows: torch.Tensor, norm: str, work: list | None = None) -> torch.Tensor:
-    """``row_distance(cents[gidx], y[rows])`` with fewer temporaries (same bits).
+                   rows: torch.Tensor | None, norm: str,
+                   work: list | None = None) -> torch.Tensor:
+    """``row_distance(cents[gidx], y[rows])`` (``y`` itself if ``rows`` is None) with
+    fewer temporaries (same bits).
 
     ``work`` (a list holding up to two float64 buffers) is reused across calls: fresh
     multi-megabyte allocations cost more in page faults than the arithmetic itself.
@@ -90,10 +92,29 @@ def _pair_distance(cents: torch.Tensor, gidx: torch.Tensor, y: torch.Tensor,
         n = max(P * K, 2 * work[0].numel() if work else 0)
         work[:] = [torch.empty(n, dtype=torch.float64, device=cents.device) for _ in range(2)]
     diff = work[0][: P * K].view(P, K)
-    other = work[1][: P * K].view(P, K)
     torch.index_select(cents, 0, gidx, out=diff)
-    torch.index_select(y, 0, rows, out=other)
-    diff.sub_(other)
+    if rows is None:  # y is already aligned with gidx
+        diff.sub_(y)
+    else:
+        other = work[1][: P * K].view(P, K)
+        torch.index_select(y, 0, rows, out=other)
+        diff.sub_(other)
+    if norm == "l1":
+        return diff.abs_().sum(-1)
+    return diff.mul_(diff).sum(-1).sqrt_()
+
+
+def _diff_distance(a: torch.Tensor, b: torch.Tensor, norm: str,
+                   work: list | None = None) -> torch.Tensor:
+    """``row_distance(a, b)`` for [n, K] tensors, the difference in a reused buffer."""
+    n, K = a.shape
+    if work is None:
+        work = []
+    if not work or work[0].numel() < n * K or work[0].device != a.device:
+        m = max(n * K, 2 * work[0].numel() if work else 0)
+        work[:] = [torch.empty(m, dtype=torch.float64, device=a.device) for _ in range(2)]
+    diff = work[0][: n * K].view(n, K)
+    torch.sub(a, b, out=diff)
     if norm == "l1":
         return diff.abs_().sum(-1)
     return diff.mul_(diff).sum(-1).sqrt_()
@@ -170,8 +191,22 @@ class ModelGuardS(Quantizer):
         self._index_version = -1
         self._ref_cache: tuple[int, dict[int, torch.Tensor]] | None = None
         self._work: list[torch.Tensor] = []  # scratch for pair distances (not state)
+        self._scratch: dict[str, torch.Tensor] = {}  # reused [B, K] float64 buffers
+        self._cast: tuple[torch.dtype, torch.Tensor, int] | None = None
 
-    def _ensure_setup(self, probs: torch.Tensor) -> torch.Tensor:
+    def _buffer(self, name: str, rows: int, device: torch.device) -> torch.Tensor:
+        """A reused [rows, K] float64 buffer (a fresh 1 MB tensor per batch costs more in
+        page faults than the arithmetic on it). Never returned to the caller."""
+        n = rows * self._K
+        buf = self._scratch.get(name)
+        if buf is None or buf.numel() < n or buf.device != device:
+            buf = torch.empty(n, dtype=torch.float64, device=device)
+            self._scratch[name] = buf
+        return buf[:n].view(rows, self._K)
+
+    def _ensure_setup(self, probs: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+        """Validate ``probs`` and return it as float64. With ``scratch`` a conversion goes
+        to a reused buffer: the caller must not return it or keep it past the call."""
         if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
             shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
             raise ValueError(f"ModelGuardS: expected probabilities of shape [B, K], got {shape}")
@@ -189,8 +224,15 @@ class ModelGuardS(Quantizer):
             self._buf = self._buf.to(probs.device)
             self._cls = self._cls.to(probs.device)
             self._index_version = -1
-        y = probs.detach().to(torch.float64)
-        if y.numel() and not bool(torch.isfinite(y.sum())):
+        p = probs.detach()
+        if scratch and p.dtype != torch.float64 and p.shape[0]:
+            y = self._buffer("y", p.shape[0], p.device).copy_(p)
+        else:
+            y = p.to(torch.float64)
+        # A finite sum in the input's own dtype (cheaper than float64 for float32) means
+        # every entry is finite, so the float64 sum is finite too; only an infinite or
+        # NaN one needs the float64 check (a float16 sum can overflow where it would not).
+        if y.numel() and not bool(torch.isfinite(p.sum())) and not bool(torch.isfinite(y.sum())):
             raise ValueError("ModelGuardS: the probabilities contain NaN or inf (or values "
                              "too large to sum)")
         return y
@@ -198,6 +240,27 @@ class ModelGuardS(Quantizer):
     @property
     def _centroids(self) -> torch.Tensor:
         return self._buf[: self._n]
+
+    def _centroids_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The centroids converted to ``dtype`` (the answers' dtype), kept up to date
+        incrementally: centroids never change, so gathering from this copy equals
+        converting the gathered float64 rows, with half the traffic for float32."""
+        if dtype == torch.float64:
+            return self._centroids
+        c = self._cast
+        if c is None or c[0] != dtype or c[1].device != self._buf.device:
+            c = (dtype, torch.empty(0, self._K, dtype=dtype, device=self._buf.device), 0)
+        _, table, filled = c
+        if filled < self._n:
+            if table.shape[0] < self._n:
+                grown = torch.empty(self._buf.shape[0], self._K, dtype=dtype,
+                                    device=self._buf.device)
+                grown[:filled] = table[:filled]
+                table = grown
+            table[filled: self._n] = self._buf[filled: self._n]
+            filled = self._n
+        self._cast = (dtype, table, filled)
+        return table[: self._n]
 
     def _append(self, cents: torch.Tensor, classes: torch.Tensor) -> None:
         m = cents.shape[0]
@@ -223,6 +286,9 @@ class ModelGuardS(Quantizer):
             self._perm = torch.argsort(cls, stable=True)
             self._count = torch.bincount(cls, minlength=self._K)
             self._offset = torch.cumsum(self._count, 0) - self._count
+            # global index of every class's first centroid (any valid index if empty)
+            self._first = (self._perm[self._offset.clamp(max=self._n - 1)] if self._n
+                           else torch.zeros(self._K, dtype=torch.long, device=cls.device))
             self._index_version = self._version
         return self._perm, self._count, self._offset
 
@@ -318,41 +384,60 @@ class ModelGuardS(Quantizer):
             d = _pair_distance(self._centroids, gidx, y, r, self.norm, self._work)
             yield a, b, local, within, d
 
-    def _lookup(self, y: torch.Tensor, k: torch.Tensor, nearest: bool):
+    def _first_pass(self, y: torch.Tensor, k: torch.Tensor):
+        """Every row against the first (earliest) centroid of its class, dense.
+
+        Returns (g1, hit1): g1 the global index of that centroid per row, hit1 whether the
+        row's class has centroids and the first is within eps. One gather, one
+        subtraction and one reduction per row chunk, all in a reused scratch buffer: no
+        pair list, no copy of y.
+        """
+        _, count, _ = self._index()
+        B, K = y.shape
+        g1 = self._first[k]
+        d = torch.empty(B, dtype=torch.float64, device=y.device)
+        step = max(1, _PAIR_BUDGET // max(K, 1))
+        for a in range(0, B, step):
+            b = min(B, a + step)
+            d[a:b] = _pair_distance(self._centroids, g1[a:b], y[a:b], None, self.norm,
+                                    self._work)
+        hit1 = (d <= self.eps) & (count[k] > 0)
+        return g1, hit1
+
+    def _lookup(self, y: torch.Tensor, k: torch.Tensor, nearest: bool, first=None):
         """Match rows against the current codebook.
 
         Returns (idx, hit): idx is the global centroid index chosen for every row (-1 if
         none), hit says whether it is within eps. idx is the earliest centroid within eps,
         or with ``nearest`` the nearest one (first minimum) for the rows without a hit.
 
-        Two passes: every row against the first centroid of its class, then the rows that
-        missed it against the rest of their class. Most rows hit the first centroid (the
-        earliest one wins), so they cost one distance, not one per centroid of the class.
+        Two passes: every row against the first centroid of its class (``_first_pass``,
+        or its result ``first``), then the rows that missed it against the rest of their
+        class (ragged pairs). Most rows hit the first centroid (the earliest one wins), so
+        they cost one distance, not one per centroid of the class.
         """
         B = y.shape[0]
         dev = y.device
         idx = torch.full((B,), -1, dtype=torch.long, device=dev)
-        hit = torch.zeros(B, dtype=torch.bool, device=dev)
         if self._n == 0 or B == 0:
-            return idx, hit
+            return idx, torch.zeros(B, dtype=torch.bool, device=dev)
         perm, count, offset = self._index()
+        g1, hit = first if first is not None else self._first_pass(y, k)
+        hit = hit.clone()
+        idx = torch.where(hit, g1, idx)
         n_row = count[k]
         big = torch.iinfo(torch.long).max
-        active = torch.nonzero(n_row > 0).squeeze(1)
-        lo, width = 0, 1
-        while active.numel():  # at most two passes: width 1, then the rest
-            cnt = (n_row[active] - lo).clamp(max=width)
-            first = torch.full((active.numel(),), big, dtype=torch.long, device=dev)
-            for a, b, local, within, d in self._pairs(y, k, active, lo, cnt):
+        active = torch.nonzero(~hit & (n_row > 1)).squeeze(1)
+        if active.numel():
+            cnt = n_row[active] - 1
+            first_in = torch.full((active.numel(),), big, dtype=torch.long, device=dev)
+            for a, b, local, within, d in self._pairs(y, k, active, 1, cnt):
                 cand = torch.where(d <= self.eps, within, big)
-                first[a:b].scatter_reduce_(0, local, cand, reduce="amin")
-            h = first < big
+                first_in[a:b].scatter_reduce_(0, local, cand, reduce="amin")
+            h = first_in < big
             done = active[h]
-            idx[done] = perm[offset[k[done]] + first[h]]
+            idx[done] = perm[offset[k[done]] + first_in[h]]
             hit[done] = True
-            lo += width
-            width = int(n_row.max())
-            active = active[~h & (n_row[active] > lo)]
         if nearest:
             rest = torch.nonzero(~hit & (n_row > 0)).squeeze(1)
             if rest.numel():
@@ -368,9 +453,11 @@ class ModelGuardS(Quantizer):
         return idx, hit
 
     def _quantize_online(self, y: torch.Tensor) -> torch.Tensor:
+        """The global centroid index answering every row of y (codebook updated)."""
         dev = y.device
         k = _top1(y)
-        ans, hit = self._lookup(y, k, nearest=False)  # global centroid index per row
+        fp = self._first_pass(y, k) if self._n else None
+        ans, hit = self._lookup(y, k, nearest=False, first=fp)  # global centroid per row
         miss = torch.nonzero(~hit).squeeze(1)  # batch rows, in batch order
         M = miss.numel()
         if M:
@@ -416,17 +503,18 @@ class ModelGuardS(Quantizer):
             vecs = vbuf[order] if dirichlet else y[miss[order]]
             self._append(vecs, km[order])
             ans[miss] = n0 + rank[leader_of]
-        return self._centroids.index_select(0, ans)
+        return ans
 
     def quantize(self, probs: torch.Tensor) -> torch.Tensor:
         if self.frozen:
             return self.simulate(probs)
-        y = self._ensure_setup(probs)
+        y = self._ensure_setup(probs, scratch=True)
         if y.shape[0] == 0:
             return probs.clone()
         if y.shape[0] < self.sequential_below:
             return self._quantize_sequential(y).to(dtype=probs.dtype)
-        return self._quantize_online(y).to(dtype=probs.dtype)
+        ans = self._quantize_online(y)
+        return self._centroids_as(probs.dtype).index_select(0, ans)
 
     def simulate(self, probs: torch.Tensor) -> torch.Tensor:
         y = self._ensure_setup(probs)

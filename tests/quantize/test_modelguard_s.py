@@ -299,3 +299,24 @@ def test_hydra_config_matches_constructor():
     assert cfg.pop("_target_") == "modelguard.quantize.modelguard_s.ModelGuardS"
     params = inspect.signature(ModelGuardS.__init__).parameters
     assert cfg == {n: p.default for n, p in params.items() if n != "self"}
+
+
+@pytest.mark.parametrize("budget", [None, 300])
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_float32_wide_stream_matches_reference(monkeypatch, budget, norm):
+    # K = 256 float32 rows (the dense first-centroid pass, the float32 answer table kept
+    # incrementally, the reused float64 scratch); budget 300 cuts the first pass in chunks.
+    if budget is not None:
+        monkeypatch.setattr(mgs, "_PAIR_BUDGET", budget)
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(900, 256, generator=g)
+    logits[torch.arange(900), torch.randint(0, 256, (900,), generator=g)] += 8.0
+    y = torch.softmax(logits, 1)
+    y[5::7] = y[3::7][: y[5::7].shape[0]]  # repeats
+    vec, ref = ModelGuardS(eps=0.6, norm=norm), ModelGuardS(eps=0.6, norm=norm)
+    for batch in split(y, [300, 2, 128, 470]):
+        out = vec.quantize(batch)
+        assert out.dtype == torch.float32
+        assert torch.equal(out, ref.quantize_reference(batch))
+        assert torch.equal(vec.quantize(batch), out)  # the float32 table stays in sync
+    assert_same_state(vec, ref)
