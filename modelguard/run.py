@@ -76,8 +76,10 @@ def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
         node = cfg.get(group)
         if node is None:
             continue
+        raw = OmegaConf.to_container(node, resolve=False)
         for key, value in OmegaConf.to_container(node, resolve=True).items():
-            if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
+            derived = isinstance(raw.get(key), str) and raw[key].startswith("${")  # e.g. dataset.seed: ${seed}
+            if not key.startswith("_") and not derived and isinstance(value, (int, float, str, bool)):
                 flat[f"{group}.{key}"] = value
     return flat
 
