@@ -237,3 +237,32 @@ def test_cluster_local_sweep_runs_jobs_in_parallel_processes(tmp_path):
     proc, _, _ = sweep(tmp_path, "local", "cluster=local", "defense=none,top1", "attack=naive,top1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert markers(root) == before
+
+
+@pytest.mark.slow
+def test_killed_sweep_completes_on_relaunch(tmp_path):
+    """Kill a sweep (SIGKILL, no clean-up) after its first job finished; relaunching completes it
+    and leaves the finished job untouched."""
+    import signal
+    name, overrides = "killed", ("defense=none,top1", "attack=naive,top1")
+    sweep_dir = tmp_path / "sweeps" / name
+    env = {**os.environ, "MODELGUARD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "main.py", "-m", f"sweep_name={name}", *SMOKE, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(sweep_dir.glob("**/metrics.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = list(sweep_dir.glob("**/metrics.json"))
+    assert 1 <= len(finished) < 4, "the sweep should have been killed midway"
+    before = markers(sweep_dir)
+    done_job = str(finished[0].parent.relative_to(sweep_dir))
+    relaunch, _, root = sweep(tmp_path, name, *overrides)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert len(job_dirs(root)) == 4
+    with open(root / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    after = markers(root)
+    assert all(after[k] == before[k] for k in before if k.startswith(done_job + "/"))
