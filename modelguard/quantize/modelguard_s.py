@@ -28,7 +28,10 @@ order; they are resolved by a greedy leader pass run for all classes at once: in
 round the earliest unresolved miss of every class creates a centroid and all later misses
 of that class within eps of it take it. The number of rounds is the largest number of
 centroids one class creates in the batch. ``quantize_reference`` is the plain per-row
-loop; the tests check that both give bit-identical outputs and codebooks.
+loop; the tests check that both give bit-identical outputs and codebooks. On CPU without
+Dirichlet search (``_quantize_fast``) the bookkeeping runs in numpy on a per-class index
+table kept up to date on append, and the second pass is one padded [rows, width, K]
+gather (ragged when the padding would be wasteful); distances still use torch's reduction.
 
 Randomness. Each Dirichlet search uses its own ``torch.Generator`` seeded from
 (``seed``, class, index of the new centroid within its class). So the draws depend only
@@ -41,6 +44,7 @@ import math
 import numbers
 import warnings
 
+import numpy as np
 import torch
 
 from modelguard.quantize.base import Quantizer
@@ -50,6 +54,9 @@ _ALPHA_MIN = 1e-8
 _MASK64 = (1 << 64) - 1
 # Upper bound on the elements of one [pairs, K] float64 temporary (about 32 MB).
 _PAIR_BUDGET = 1 << 22
+# Upper bound on the entries of the padded [K, max centroids per class] index table; past
+# it the table is dropped and the second pass goes ragged (see ``_second_pass``).
+_TABLE_BUDGET = 1 << 22
 
 
 def _mix64(*values: int) -> int:
@@ -193,6 +200,12 @@ class ModelGuardS(Quantizer):
         self._work: list[torch.Tensor] = []  # scratch for pair distances (not state)
         self._scratch: dict[str, torch.Tensor] = {}  # reused [B, K] float64 buffers
         self._cast: tuple[torch.dtype, torch.Tensor, int] | None = None
+        # Per-class index, kept up to date on append (numpy: tiny ops, low overhead):
+        # count and first centroid of every class, and the padded table of the global
+        # indices of every class's centroids in creation order (None once too large).
+        self._tcnt = np.zeros(self._K, dtype=np.int64)
+        self._tfirst = np.zeros(self._K, dtype=np.int64)
+        self._tab: np.ndarray | None = np.zeros((self._K, 4), dtype=np.int64)
 
     def _buffer(self, name: str, rows: int, device: torch.device) -> torch.Tensor:
         """A reused [rows, K] float64 buffer (a fresh 1 MB tensor per batch costs more in
@@ -204,9 +217,11 @@ class ModelGuardS(Quantizer):
             self._scratch[name] = buf
         return buf[:n].view(rows, self._K)
 
-    def _ensure_setup(self, probs: torch.Tensor, scratch: bool = False) -> torch.Tensor:
-        """Validate ``probs`` and return it as float64. With ``scratch`` a conversion goes
-        to a reused buffer: the caller must not return it or keep it past the call."""
+    def _ensure_setup(self, probs: torch.Tensor, scratch: bool = False,
+                      convert: bool = True) -> torch.Tensor:
+        """Validate ``probs`` and return it as float64 (detached as is with ``convert``
+        False). With ``scratch`` a conversion goes to a reused buffer: the caller must not
+        return it or keep it past the call."""
         if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
             shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
             raise ValueError(f"ModelGuardS: expected probabilities of shape [B, K], got {shape}")
@@ -225,17 +240,21 @@ class ModelGuardS(Quantizer):
             self._cls = self._cls.to(probs.device)
             self._index_version = -1
         p = probs.detach()
-        if scratch and p.dtype != torch.float64 and p.shape[0]:
-            y = self._buffer("y", p.shape[0], p.device).copy_(p)
-        else:
-            y = p.to(torch.float64)
         # A finite sum in the input's own dtype (cheaper than float64 for float32) means
         # every entry is finite, so the float64 sum is finite too; only an infinite or
         # NaN one needs the float64 check (a float16 sum can overflow where it would not).
-        if y.numel() and not bool(torch.isfinite(p.sum())) and not bool(torch.isfinite(y.sum())):
+        if (p.numel() and not bool(torch.isfinite(p.sum()))
+                and not bool(torch.isfinite(p.to(torch.float64).sum()))):
             raise ValueError("ModelGuardS: the probabilities contain NaN or inf (or values "
                              "too large to sum)")
-        return y
+        if not convert:
+            return p
+        return self._as_float64(p, scratch)
+
+    def _as_float64(self, p: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+        if scratch and p.dtype != torch.float64 and p.shape[0]:
+            return self._buffer("y", p.shape[0], p.device).copy_(p)
+        return p.to(torch.float64)
 
     @property
     def _centroids(self) -> torch.Tensor:
@@ -276,8 +295,38 @@ class ModelGuardS(Quantizer):
             self._buf, self._cls = buf, cls
         self._buf[self._n: need] = cents
         self._cls[self._n: need] = classes
+        self._table_append(classes.detach().cpu().numpy().astype(np.int64, copy=False), self._n)
         self._n = need
         self._version += 1
+
+    def _table_append(self, c: np.ndarray, n0: int) -> None:
+        """Record centroids ``n0, n0 + 1, ...`` of classes ``c`` in the class table."""
+        cnt, m = self._tcnt, c.shape[0]
+        if m == 1:  # the common case of the sequential path: no sorting
+            cs, gs = c, np.array([n0], dtype=np.int64)
+            slot = cnt[cs]
+        else:
+            order = np.argsort(c, kind="stable")
+            cs, gs = c[order], order + n0
+            start = np.ones(m, dtype=bool)
+            start[1:] = cs[1:] != cs[:-1]
+            heads = np.flatnonzero(start)
+            rank = np.arange(m) - np.repeat(heads, np.diff(np.append(heads, m)))
+            slot = cnt[cs] + rank
+        fresh = slot == 0
+        self._tfirst[cs[fresh]] = gs[fresh]
+        cnt += np.bincount(cs, minlength=self._K)
+        if self._tab is not None:
+            top = int(slot.max()) + 1
+            if top > self._tab.shape[1]:
+                cap = max(top, 2 * self._tab.shape[1])
+                if cap * self._K > _TABLE_BUDGET:
+                    self._tab = None
+                    return
+                tab = np.zeros((self._K, cap), dtype=np.int64)
+                tab[:, : self._tab.shape[1]] = self._tab
+                self._tab = tab
+            self._tab[cs, slot] = gs
 
     def _index(self):
         """(perm, count, offset): centroids grouped by class, creation order kept."""
@@ -505,15 +554,142 @@ class ModelGuardS(Quantizer):
             ans[miss] = n0 + rank[leader_of]
         return ans
 
+    # ------------------------------------------------- vectorized, CPU fast path
+    def _quantize_fast(self, p: torch.Tensor) -> torch.Tensor:
+        """``_quantize_online`` for CPU batches without Dirichlet search, in few ops.
+
+        ``p`` is the batch as float64 (widening it first is cheaper than a mixed-dtype
+        subtraction in the dense pass). The bookkeeping runs in numpy on the class table kept by ``_append``
+        (numpy's per-op overhead is a fraction of torch's, and the arrays are small); every
+        distance still goes through torch's reduction (``_pair_distance`` or
+        ``row_distance``), so the comparisons with eps are the loop's to the last bit.
+        """
+        B = p.shape[0]
+        pn = p.numpy()
+        k = pn.argmax(1)  # first maximum, like torch's argmax (rows are finite)
+        ans = np.full(B, -1, dtype=np.int64)
+        n0 = self._n
+        if n0:
+            ck = self._tcnt[k]
+            g1 = self._tfirst[k]
+            g1t = torch.from_numpy(g1)
+            d = torch.empty(B, dtype=torch.float64)
+            step = max(1, _PAIR_BUDGET // self._K)
+            for a in range(0, B, step):
+                b = min(B, a + step)
+                d[a:b] = _pair_distance(self._centroids, g1t[a:b], p[a:b], None, self.norm,
+                                        self._work)
+            hit = (d.numpy() <= self.eps) & (ck > 0)
+            ans[hit] = g1[hit]
+            rest = np.flatnonzero(~hit & (ck > 1))
+            if rest.size:
+                self._second_pass(p, k, rest, ans, hit)
+            miss = np.flatnonzero(~hit)
+        else:
+            miss = np.arange(B)
+        M = miss.size
+        if M:
+            km = k[miss]
+            ym = pn[miss]  # [M, K], a copy (p may be a scratch buffer)
+            leader_of, leaders = self._leaders(ym, km)
+            order = np.sort(leaders)  # creation order = batch order of the creating rows
+            rank = np.empty(M, dtype=np.int64)
+            rank[order] = np.arange(order.size)
+            self._append(torch.from_numpy(ym[order]), torch.from_numpy(km[order]))
+            ans[miss] = n0 + rank[leader_of]
+        return torch.from_numpy(ans)
+
+    def _second_pass(self, p: torch.Tensor, k: np.ndarray, rest: np.ndarray,
+                     ans: np.ndarray, hit: np.ndarray) -> None:
+        """The ``rest`` rows (their class's first centroid missed, more centroids left)
+        against centroids 1.. of their class: earliest within eps, updating ``ans`` and
+        ``hit`` in place.
+
+        Padded: one gather of [rows, width, K] from the class table, width the largest
+        class count among the rows minus one. Ragged (``_pairs``) when the table is gone
+        or the padding would more than quadruple the pairs or exceed the memory budget
+        (one large class among small ones).
+        """
+        R, K = rest.size, self._K
+        kr = k[rest]
+        cr = self._tcnt[kr]
+        W = int(cr.max()) - 1
+        pairs = int(cr.sum()) - R
+        yr = p[torch.from_numpy(rest)]  # [R, K]
+        if self._tab is not None and R * W * K <= _PAIR_BUDGET and R * W <= 4 * pairs:
+            idx = self._tab[kr, 1: W + 1]  # [R, W]; slots past a class's count hold 0
+            valid = np.arange(1, W + 1) < cr[:, None]
+            if len(self._work) < 1 or self._work[0].numel() < R * W * K:
+                n = max(R * W * K, 2 * self._work[0].numel() if self._work else 0)
+                self._work[:] = [torch.empty(n, dtype=torch.float64) for _ in range(2)]
+            diff = self._work[0][: R * W * K].view(R, W, K)
+            torch.index_select(self._centroids, 0, torch.from_numpy(idx.reshape(-1)),
+                               out=diff.view(R * W, K))
+            diff.sub_(yr.unsqueeze(1))
+            flat = diff.view(R * W, K)
+            if self.norm == "l1":
+                dist = flat.abs_().sum(-1)
+            else:
+                dist = flat.mul_(flat).sum(-1).sqrt_()
+            ok = (dist.numpy().reshape(R, W) <= self.eps) & valid
+            found = ok.any(1)
+            j = ok.argmax(1)  # first True
+            ans[rest[found]] = idx[found, j[found]]
+        else:
+            perm, _, offset = self._index()
+            kt = torch.from_numpy(kr)
+            big = torch.iinfo(torch.long).max
+            first_in = torch.full((R,), big, dtype=torch.long)
+            for a, b, local, within, dist in self._pairs(yr, kt, torch.arange(R), 1,
+                                                         torch.from_numpy(cr - 1)):
+                cand = torch.where(dist <= self.eps, within, big)
+                first_in[a:b].scatter_reduce_(0, local, cand, reduce="amin")
+            fi = first_in.numpy()
+            found = fi < big
+            ans[rest[found]] = perm.numpy()[offset.numpy()[kr[found]] + fi[found]]
+        hit[rest[found]] = True
+
+    def _leaders(self, ym: np.ndarray, km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy leader pass over the misses ``ym`` (classes ``km``, batch order), all
+        classes at once (numpy bookkeeping, torch ``row_distance``).
+
+        Returns (leader_of, leaders): the position of the miss whose new centroid answers
+        each miss, and the positions of the misses that create one.
+        """
+        M = km.size
+        leader_of = np.empty(M, dtype=np.int64)
+        leaders = []
+        pos = np.arange(M)
+        while pos.size:
+            kp = km[pos]
+            _, head, inv = np.unique(kp, return_index=True, return_inverse=True)
+            lead = pos[head]  # earliest unresolved miss of every class (pos is sorted)
+            leaders.append(lead)
+            leader_of[lead] = lead
+            if head.size == pos.size:  # one miss per class left: all of them lead
+                break
+            lp = lead[inv.reshape(-1)]
+            other = lp != pos
+            a, b = pos[other], lp[other]
+            d = row_distance(torch.from_numpy(ym[b]), torch.from_numpy(ym[a]), self.norm)
+            take = d.numpy() <= self.eps
+            leader_of[a[take]] = b[take]
+            pos = a[~take]
+        return leader_of, np.concatenate(leaders)
+
     def quantize(self, probs: torch.Tensor) -> torch.Tensor:
         if self.frozen:
             return self.simulate(probs)
-        y = self._ensure_setup(probs, scratch=True)
-        if y.shape[0] == 0:
+        p = self._ensure_setup(probs, convert=False)
+        B = p.shape[0]
+        if B == 0:
             return probs.clone()
-        if y.shape[0] < self.sequential_below:
-            return self._quantize_sequential(y).to(dtype=probs.dtype)
-        ans = self._quantize_online(y)
+        if B < self.sequential_below:
+            return self._quantize_sequential(self._as_float64(p)).to(dtype=probs.dtype)
+        if p.device.type == "cpu" and self.dirichlet_candidates == 0:
+            ans = self._quantize_fast(self._as_float64(p, scratch=True))
+        else:
+            ans = self._quantize_online(self._as_float64(p, scratch=True))
         return self._centroids_as(probs.dtype).index_select(0, ans)
 
     def simulate(self, probs: torch.Tensor) -> torch.Tensor:

@@ -320,3 +320,94 @@ def test_float32_wide_stream_matches_reference(monkeypatch, budget, norm):
         assert torch.equal(out, ref.quantize_reference(batch))
         assert torch.equal(vec.quantize(batch), out)  # the float32 table stays in sync
     assert_same_state(vec, ref)
+
+
+# ------------------------------------------- CPU fast path: class table, passes
+def assert_table_consistent(q: ModelGuardS) -> None:
+    """The incrementally kept class table equals the class index rebuilt from scratch."""
+    classes = q.state_dict()["classes"]
+    for c in range(q._K):
+        members = torch.nonzero(classes == c).squeeze(1).tolist()
+        assert q._tcnt[c] == len(members)
+        if members:
+            assert q._tfirst[c] == members[0]
+            if q._tab is not None:
+                assert q._tab[c, : len(members)].tolist() == members
+
+
+@pytest.mark.parametrize("table_budget", [None, 64])
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_fast_path_padded_and_ragged_second_pass(monkeypatch, table_budget, norm):
+    # Class 0 gets many centroids, classes 1.. exactly two (points a_c, b_c far apart).
+    # Rows b_c miss their class's first centroid and hit the second: alone they take the
+    # padded [rows, 1, K] pass; with a few class-0 rows the padding would be wasteful, so
+    # the batch goes ragged. A tiny table budget drops the table: always ragged.
+    if table_budget is not None:
+        monkeypatch.setattr(mgs, "_TABLE_BUDGET", table_budget)
+    g = torch.Generator().manual_seed(21)
+    K = 6
+    big = torch.rand(60, K, generator=g, dtype=torch.float64)
+    big[:, 0] = 2.0
+    big = big / big.sum(1, keepdim=True)
+    a = torch.full((K - 1, K), 0.02, dtype=torch.float64)
+    b = a.clone()
+    for c in range(1, K):
+        a[c - 1, c] = 0.9
+        b[c - 1, c] = 0.5
+        b[c - 1, (c % (K - 1)) + 1] = 0.4
+    vec, ref = ModelGuardS(eps=0.05, norm=norm), ModelGuardS(eps=0.05, norm=norm)
+    calls = {"second": 0, "ragged": 0}
+    second, pairs = ModelGuardS._second_pass, ModelGuardS._pairs
+
+    def spy_second(self, *args, **kw):
+        calls["second"] += 1
+        return second(self, *args, **kw)
+
+    def spy_pairs(self, *args, **kw):
+        calls["ragged"] += 1
+        return pairs(self, *args, **kw)
+
+    monkeypatch.setattr(ModelGuardS, "_second_pass", spy_second)
+    monkeypatch.setattr(ModelGuardS, "_pairs", spy_pairs)
+    bs = b.repeat(6, 1)
+    stream = [torch.cat([a, b, big]), bs, torch.cat([bs, big[-3:]]), bs[:9],
+              torch.cat([big.flip(0), bs])]
+    for batch in stream:
+        before = dict(calls)
+        out = vec.quantize(batch)
+        assert torch.equal(out, ref.quantize_reference(batch))
+        assert_table_consistent(vec)
+        assert calls["second"] == before["second"] + (batch is not stream[0])
+    assert_same_state(vec, ref)
+    if table_budget is None:
+        assert vec._tab is not None
+        # only bs + 3 class-0 rows is ragged (3 rows widen 30 one-pair rows to 59);
+        # bs alone is padded, and so is the batch of all 60 class-0 rows (little waste)
+        assert calls["ragged"] == 1
+    else:
+        assert vec._tab is None
+        assert calls["ragged"] == calls["second"] == 4
+
+
+def test_class_table_after_load_and_sequential_appends():
+    y = make_stream(13, 10, 500, "grid")
+    a = ModelGuardS(eps=0.25)
+    for batch in split(y[:300], [1, 2, 64, 3]):  # per-row and batched appends
+        a.quantize(batch)
+        assert_table_consistent(a)
+    b = ModelGuardS(eps=0.25)
+    b.load_state_dict(a.state_dict())  # one multi-class append
+    assert_table_consistent(b)
+    assert torch.equal(a.quantize(y[300:]), b.quantize(y[300:]))
+    assert_same_state(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fast_path_other_dtypes_match_reference(dtype):
+    y = make_stream(17, 10, 300, "soft").to(dtype)
+    vec, ref = ModelGuardS(eps=0.4), ModelGuardS(eps=0.4)
+    for batch in split(y, [100, 7, 64]):
+        out = vec.quantize(batch)
+        assert out.dtype == dtype
+        assert torch.equal(out, ref.quantize_reference(batch))
+    assert_same_state(vec, ref)
