@@ -65,6 +65,15 @@ class DefendedAPI:
         released = self.defense.perturb(self.quantizer.quantize(clean), self.xinfo(x))
         return (released, clean) if return_clean else released
 
+    def query_all(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Released and clean answers (float32, CPU) for every image, in order, in batches."""
+        released, clean = [], []
+        for start in range(0, len(x), batch_size):
+            r, c = self.query(x[start:start + batch_size], return_clean=True)
+            released.append(r.cpu().float())
+            clean.append(c.cpu().float())
+        return torch.cat(released), torch.cat(clean)
+
     def simulate(self, clean: torch.Tensor, xinfo: torch.Tensor | None = None) -> torch.Tensor:
         """Offline form: what the API would release for clean posteriors (frozen quantizer)."""
         return self.defense.simulate(self.quantizer.simulate(clean), xinfo)

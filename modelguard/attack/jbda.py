@@ -63,7 +63,7 @@ class JacobianAugmentation:
         seeds = torch.randperm(len(pool), generator=generator)[: min(self.seed_size, budget)]
         inputs = [pool[seeds]]
         index = [seeds]
-        released, clean = self._query(api, pool[seeds], attack.query_batch_size)
+        released, clean = api.query_all(pool[seeds], attack.query_batch_size)
         answers, cleans = [released], [clean]
         rounds = 0
         bar = tqdm(total=budget, desc="query jbtr", unit="img", disable=not progress, leave=False)
@@ -87,7 +87,7 @@ class JacobianAugmentation:
                     if left <= 0:
                         break
                     synthetic = self.synthesise(substitute, x, log.released.shape[1], generator)[:left].cpu()
-                    r, c = self._query(api, synthetic, attack.query_batch_size)
+                    r, c = api.query_all(synthetic, attack.query_batch_size)
                     inputs.append(synthetic)
                     index.append(torch.full((len(synthetic),), -1, dtype=torch.long))
                     answers.append(r)
@@ -99,12 +99,3 @@ class JacobianAugmentation:
         bar.close()
         self.metrics["jbda/rounds"] = rounds
         return QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
-
-    @staticmethod
-    def _query(api: DefendedAPI, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        outs, cleans = [], []
-        for start in range(0, len(x), batch_size):
-            r, c = api.query(x[start:start + batch_size], return_clean=True)
-            outs.append(r.cpu().float())
-            cleans.append(c.cpu().float())
-        return torch.cat(outs), torch.cat(cleans)

@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from modelguard.attack.table_build import build_recovery_table
 from modelguard.metrics import row_l1
 
 
@@ -15,7 +16,6 @@ def recover_labels(cfg: DictConfig, data, api, attack, log) -> tuple[torch.Tenso
     recoverer = instantiate(cfg.recover)
     if not recoverer.needs_table:
         return log.released, {}
-    from modelguard.attack.table_build import build_recovery_table
     clean_table, perturbed_table, table_metrics = build_recovery_table(cfg, data, api, attack, log)
     recoverer.fit(clean_table, perturbed_table)
     recovered = recoverer.recover(log.released)

@@ -83,6 +83,17 @@ def row_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
     return (diff * diff).sum(-1).sqrt()
 
 
+def _grow_work(work: list | None, numel: int, device: torch.device) -> list:
+    """The two reusable float64 buffers of ``work``, (re)allocated to hold ``numel`` values,
+    doubling so repeated growth stays rare."""
+    if work is None:
+        work = []
+    if not work or work[0].numel() < numel or work[0].device != device:
+        n = max(numel, 2 * work[0].numel() if work else 0)
+        work[:] = [torch.empty(n, dtype=torch.float64, device=device) for _ in range(2)]
+    return work
+
+
 def _pair_distance(cents: torch.Tensor, gidx: torch.Tensor, y: torch.Tensor,
                    rows: torch.Tensor | None, norm: str,
                    work: list | None = None) -> torch.Tensor:
@@ -93,11 +104,7 @@ def _pair_distance(cents: torch.Tensor, gidx: torch.Tensor, y: torch.Tensor,
     multi-megabyte allocations cost more in page faults than the arithmetic itself.
     """
     P, K = gidx.numel(), cents.shape[1]
-    if work is None:
-        work = []
-    if not work or work[0].numel() < P * K or work[0].device != cents.device:
-        n = max(P * K, 2 * work[0].numel() if work else 0)
-        work[:] = [torch.empty(n, dtype=torch.float64, device=cents.device) for _ in range(2)]
+    work = _grow_work(work, P * K, cents.device)
     diff = work[0][: P * K].view(P, K)
     torch.index_select(cents, 0, gidx, out=diff)
     if rows is None:  # y is already aligned with gidx
@@ -115,11 +122,7 @@ def _diff_distance(a: torch.Tensor, b: torch.Tensor, norm: str,
                    work: list | None = None) -> torch.Tensor:
     """``row_distance(a, b)`` for [n, K] tensors, the difference in a reused buffer."""
     n, K = a.shape
-    if work is None:
-        work = []
-    if not work or work[0].numel() < n * K or work[0].device != a.device:
-        m = max(n * K, 2 * work[0].numel() if work else 0)
-        work[:] = [torch.empty(m, dtype=torch.float64, device=a.device) for _ in range(2)]
+    work = _grow_work(work, n * K, a.device)
     diff = work[0][: n * K].view(n, K)
     torch.sub(a, b, out=diff)
     if norm == "l1":

@@ -61,14 +61,3 @@ def build_defense(cfg: DictConfig, data: ExperimentData):
 def build_api(cfg: DictConfig, data: ExperimentData, budget: int | None = None) -> DefendedAPI:
     return DefendedAPI(load_victim(cfg, data), build_defense(cfg, data), instantiate(cfg.quantize),
                        budget=budget, device=device_of(cfg))
-
-
-def answer_all(api: DefendedAPI, inputs: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Released and clean answers for every image, in order, in batches of ``batch_size``."""
-    released, clean = [], []
-    for start in range(0, len(inputs), batch_size):
-        r, c = api.query(inputs[start:start + batch_size], return_clean=True)
-        released.append(r.cpu())
-        clean.append(c.cpu())
-    return torch.cat(released), torch.cat(clean)
-

@@ -10,14 +10,14 @@ from omegaconf import DictConfig
 
 from modelguard.metrics import accuracy, distortion
 from modelguard.stages.common import load_data
-from modelguard.stages.defended import answer_all, build_api
+from modelguard.stages.defended import build_api
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     data = load_data(cfg)
     api = build_api(cfg, data)
     x_test, y_test = data.victim_test.tensors
-    released, clean = answer_all(api, x_test, int(cfg.attack.query_batch_size))
+    released, clean = api.query_all(x_test, int(cfg.attack.query_batch_size))
     stats = distortion(clean, released)
     metrics = {"defense/protected_acc": accuracy(released, y_test),
                "defense/clean_acc": accuracy(clean, y_test),
