@@ -49,6 +49,8 @@ import warnings
 import numpy as np
 import torch
 
+from modelguard.defense.base import release_dtype
+
 __all__ = ["solve_mld", "solve_mld_lp", "min_feasible_eps"]
 
 _F64 = torch.float64
@@ -379,8 +381,10 @@ def _evaluate(o, tb: _Tab, R: _Rv, T, direction: float, mu: float):
     return V, dV, (T, V, U, D, Pj, part, f, j, lstar)
 
 
-def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, use_numpy: bool):
-    """Exact optimum for a float64 [B, K] chunk (K ≥ 2). Returns (y', objective) in float64.
+def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, use_numpy: bool,
+                 m: torch.Tensor):
+    """Exact optimum for a float64 [B, K] chunk (K ≥ 2) of rows that sum to 1 to float64
+    rounding, with top classes ``m`` [B]. Returns (y', objective) in float64.
 
     The one-off O(K) work per row (sort, prefix sums, T_lo, rebuild) is a handful of torch ops
     on [B, K]; the search, O(log K) per row and evaluation, runs many small ops on [rows]
@@ -392,7 +396,7 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     kb = n.bit_length()
     W = 1 << kb  # row stride of the search tables, ≥ n + 1
     dev = y.device
-    m = y.argmax(1, keepdim=True)
+    m = m.unsqueeze(1)
     ym2 = y.gather(1, m)  # [B, 1]
 
     # ---- one sort: key = (y descending, class index ascending), top class forced first ----
@@ -550,33 +554,62 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     return out, V_out.squeeze(1)
 
 
+def simplex_rows(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows the LP is posed on: ``probs`` in float64, renormalised to sum to 1, and the
+    top class of each row (first max of the rows as given).
+
+    The closed form (and the LP's own constraints Σ y' = 1, ‖y' − y‖_1 ≤ ε) assume Σ y = 1.
+    A float32 softmax row sums to 1 only within ~2e-7 and a half-precision one within ~1e-3;
+    posed on the raw row, the drain/fill accounting is off by that much and the search can
+    stop at the wrong breakpoint (up to 1.5 nats above the optimum on float32 rows). Both
+    backends therefore solve the LP of the renormalised row, which moves every entry by less
+    than the input dtype's rounding, so ‖y' − y‖_1 ≤ ε holds for the raw row within it too.
+    The top class is taken before the division, so renormalising can never change it.
+    """
+    m = probs.argmax(1)
+    y = probs.detach().to(_F64)
+    y = (y / y.sum(1, keepdim=True)).contiguous()
+    return y, m
+
+
 def solve_mld(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: float = 1e-6):
     """Exact optimum of the per-sample ModelGuard-W LP (spec §6.2, batch_constraint = 0).
 
-    ``probs``: [B, K] rows on the simplex; ``eps``: a float or a [B] tensor (L1 radius).
-    Returns ``(released, objective)``: the released vectors in ``probs``' dtype and device,
-    and the per-row objective Σ_j c_j y'_j (c_j = log(y_j + log_delta)) in float64,
-    evaluated at the float64 solution. Raises ValueError when eps is below the feasibility
+    ``probs``: [B, K] rows on the simplex in any float dtype, on CPU or CUDA (float32 softmax
+    rows that sum to 1 within rounding are valid: the LP is posed on the row renormalised in
+    float64, see :func:`simplex_rows`); ``eps``: a float or a [B] tensor (L1 radius).
+    Returns ``(released, objective)``: the released vectors on ``probs``' device, in its
+    dtype, except float16/bfloat16, which are released as float32 (a 1e-4 margin does not
+    survive rounding to half precision: the top class would tie or fall behind), and the
+    per-row objective Σ_j c_j y'_j (c_j = log(ŷ_j + log_delta), ŷ the renormalised row) in
+    float64, at the float64 solution. Raises ValueError when eps is below the feasibility
     bound 2(K−1)·margin/K.
     """
     e = _check_args(probs, eps, margin, log_delta)
     B, K = probs.shape
-    y = probs.detach().to(_F64).contiguous()
+    out_dtype = release_dtype(probs.dtype)
     if B == 0:
-        return probs.clone(), torch.zeros(0, dtype=_F64, device=probs.device)
+        return probs.to(out_dtype, copy=True), torch.zeros(0, dtype=_F64, device=probs.device)
+    y, m = simplex_rows(probs)
     if K == 1:
-        return probs.clone(), torch.log(y[:, 0] + log_delta)
-    out, obj = _solve(y, e, float(margin), float(log_delta), numpy=y.device.type == "cpu")
-    return out.to(probs.dtype), obj
+        return y.to(out_dtype), torch.log(y[:, 0] + log_delta)
+    out, obj = _solve(y, e, float(margin), float(log_delta), y.device.type == "cpu", m)
+    return out.to(out_dtype), obj
 
 
-def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: bool):
-    """Chunked exact solve of float64 rows ``y`` with budgets ``e``; ``numpy`` picks the numpy
-    backend (CPU tensors only) or the torch one (any device). Both run the same arithmetic."""
+
+def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: bool,
+           m: torch.Tensor | None = None):
+    """Chunked exact solve of float64 rows ``y`` (renormalised) with budgets ``e`` and top
+    classes ``m`` (default: first max); ``numpy`` picks the numpy backend (CPU tensors only)
+    or the torch one (any device). Both run the same arithmetic."""
     B = y.shape[0]
+    if m is None:
+        m = y.argmax(1)
     outs, objs = [], []
     for lo in range(0, B, _CHUNK):
-        o, v = _solve_chunk(y[lo:lo + _CHUNK], e[lo:lo + _CHUNK].contiguous(), mu, delta, numpy)
+        hi = lo + _CHUNK
+        o, v = _solve_chunk(y[lo:hi], e[lo:hi].contiguous(), mu, delta, numpy, m[lo:hi])
         outs.append(o)
         objs.append(v)
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -607,7 +640,8 @@ def solve_mld_lp(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: floa
     if probs.dim() != 2 or not probs.is_floating_point():
         raise ValueError(f"solve_mld_lp takes a floating [batch, classes] tensor, got {tuple(probs.shape)} {probs.dtype}")
     B, K = probs.shape
-    y = probs.detach().to(torch.float64).cpu().numpy()
+    y_t, m_t = simplex_rows(probs)
+    y, m = y_t.cpu().numpy(), m_t.cpu().numpy()
     if batch_constraint:
         if torch.is_tensor(eps) or isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise ValueError(f"batch_constraint=True takes one float eps for the whole batch, got {eps!r}")
@@ -615,7 +649,6 @@ def solve_mld_lp(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: floa
     else:
         e_rows = _check_args(probs, eps, margin, log_delta).cpu().numpy()
     c = np.log(y + log_delta)
-    m = y.argmax(axis=1)
 
     def build(prob, rows):
         yv, zv = {}, {}
@@ -653,5 +686,5 @@ def solve_mld_lp(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: floa
             for jj in range(K):
                 out[i, jj] = yv[i, jj].varValue
     obj = torch.from_numpy((c * out).sum(axis=1))
-    released = torch.from_numpy(out).to(dtype=probs.dtype, device=probs.device)
+    released = torch.from_numpy(out).to(dtype=release_dtype(probs.dtype), device=probs.device)
     return released, obj.to(probs.device)

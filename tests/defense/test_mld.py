@@ -338,3 +338,121 @@ def test_numpy_and_torch_backends_agree():
             out_t, obj_t = _solve(Y, e, MU, DELTA, numpy=False)
             assert torch.equal(out_np, out_t) and torch.equal(obj_np, obj_t), (K, eps)
             assert _violation(Y, out_t, eps) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) the rows the pipeline really feeds: float32 softmax rows of a trained LeNet (they sum to
+# 1 only within ~2e-7), half precision as autocast gives it, zeros, one-hots, ties, near-ties.
+# The reference is an independent LP solver (HiGHS, tests/defense/lp_reference.py) on the row
+# renormalised in float64; CBC (the LP backend) must agree with the exact backend on them too.
+
+from modelguard.defense.base import release_dtype, sum_tolerance  # noqa: E402
+from tests.defense.lp_reference import highs_objective  # noqa: E402
+from tests.realistic_rows import pipeline_families, softmax_rows  # noqa: E402
+
+
+def _assert_released_ok(raw: torch.Tensor, out: torch.Tensor, eps: float):
+    """Invariants in the returned dtype: float32 for half inputs, no NaN, on the simplex and
+    inside the L1 ball within that dtype's rounding, the top class strictly first by the margin
+    (less rounding)."""
+    assert out.dtype == release_dtype(raw.dtype) and out.shape == raw.shape
+    assert bool(torch.isfinite(out).all())
+    u = torch.finfo(out.dtype).eps  # one rounding of each entry: ≤ u/2 relative, ≤ u/2 summed
+    o = out.to(torch.float64)
+    r = raw.to(torch.float64)
+    raw_off = (r.sum(1) - 1.0).abs()  # how far the input row itself is off the simplex
+    assert float((o.sum(1) - 1.0).abs().max()) <= u + 1e-12
+    assert float(o.min()) >= 0.0
+    l1 = (o - r).abs().sum(1)
+    assert bool((l1 <= eps + raw_off + u + 1e-12).all()), float((l1 - eps - raw_off).max())
+    m = raw.argmax(1, keepdim=True)  # first max of the row as given
+    top = o.gather(1, m)
+    gap = (top - o).scatter(1, m, float("inf")).amin(1)
+    assert bool((gap >= MU - 2 * u).all()), float(gap.min())
+    assert bool((out.argmax(1) == m.squeeze(1)).all())  # strictly first in the returned dtype
+
+
+def _spread(rows: torch.Tensor, count: int) -> torch.Tensor:
+    idx = torch.linspace(0, rows.shape[0] - 1, min(count, rows.shape[0])).round().long().unique()
+    return rows[idx]
+
+
+@pytest.mark.parametrize("K,per_family", [(10, 40), (100, 16), (256, 10)])
+@pytest.mark.parametrize("eps", [0.5, 1.0, 2.0])
+def test_pipeline_rows_match_independent_lp(K, per_family, eps):
+    """The exact backend on every family of pipeline rows: objective equal to HiGHS's optimum
+    (1e-9 in float64; 1e-5 for the returned, rounded vector) and every invariant held."""
+    for name, rows in pipeline_families(K).items():
+        out_all, _ = solve_mld(rows, eps)
+        _assert_released_ok(rows, out_all, eps)
+        sub = _spread(rows, per_family)
+        out, obj = solve_mld(sub, eps)
+        ref = torch.tensor([highs_objective(r, eps) for r in sub], dtype=torch.float64)
+        y = sub.to(torch.float64)
+        cost = torch.log(y / y.sum(1, keepdim=True) + DELTA)
+        gap = obj - ref
+        assert float(gap.abs().max()) <= 1e-9, (name, float(gap.abs().max()))
+        released_gap = (cost * out.to(torch.float64)).sum(1) - ref
+        assert float(released_gap.max()) <= 1e-5, (name, float(released_gap.max()))
+
+
+def test_pipeline_rows_lp_backend_agrees():
+    """Both backends pose the same LP on the same float32/half rows: objectives within CBC's
+    tolerance, both vectors valid in the returned dtype."""
+    fams = pipeline_families(10)
+    rows = torch.cat([_spread(fams["lenet_test"], 4), _spread(fams["lenet_pool"], 4)])
+    for batch in (rows, _spread(fams["half_bfloat16"], 4), fams["edge_float32"]):
+        out, obj = solve_mld(batch, 1.0)
+        out_lp, obj_lp = solve_mld_lp(batch, 1.0)
+        assert out_lp.dtype == out.dtype == release_dtype(batch.dtype)
+        assert float((obj - obj_lp).abs().max()) < 1e-6
+        _assert_released_ok(batch, out, 1.0)
+        _assert_released_ok(batch, out_lp, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_rows_keep_top1(dtype):
+    """Half-precision rows: released as float32 so the 1e-4 margin survives (in float16 the
+    spacing near 0.5 is 5e-4, in bfloat16 4e-3: the top class would tie or fall behind)."""
+    rows32, logits = softmax_rows(256, n=128, sigma=1.0)
+    rows = torch.softmax(logits.to(dtype), 1)
+    out = ModelGuardW(eps=1.0).perturb(rows)
+    assert out.dtype == torch.float32
+    _assert_released_ok(rows, out, 1.0)
+
+
+@st.composite
+def _pipeline_batch(draw):
+    K = draw(st.integers(2, 300))
+    B = draw(st.integers(1, 4))
+    sigma = draw(st.sampled_from([0.3, 1.0, 3.0, 8.0, 20.0]))
+    dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64) * sigma
+    rows = torch.softmax(logits.to(dtype), 1)  # computed natively in the dtype, as a pipeline would
+    eps = draw(st.sampled_from([0.1, 0.5, 1.0, 2.0]))
+    return rows, eps
+
+
+@settings(max_examples=40, deadline=None)
+@given(_pipeline_batch())
+def test_pipeline_properties_against_highs(case):
+    rows, eps = case
+    out, obj = solve_mld(rows, eps)
+    _assert_released_ok(rows, out, eps)
+    ref = torch.tensor([highs_objective(r, eps) for r in rows], dtype=torch.float64)
+    assert float((obj - ref).abs().max()) <= 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("K", [10, 100, 256])
+def test_pipeline_rows_match_independent_lp_all_rows(K):
+    """Every row of every family (not a spread), eps 0.5/1/2; minutes at K = 256."""
+    for name, rows in pipeline_families(K).items():
+        rows = rows[:256]
+        for eps in (0.5, 1.0, 2.0):
+            out, obj = solve_mld(rows, eps)
+            _assert_released_ok(rows, out, eps)
+            ref = torch.tensor([highs_objective(r, eps) for r in rows], dtype=torch.float64)
+            assert float((obj - ref).abs().max()) <= 1e-9, (name, eps)
