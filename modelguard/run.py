@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from modelguard.engine import check_selection
 from modelguard.stages import STAGES
 from modelguard.stages.common import mark_done, output_dir, stage_done
 from modelguard.utils.io import save_json
@@ -27,6 +28,8 @@ def validate(cfg: DictConfig) -> None:
                          f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
+    check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
+    check_selection(cfg.substitute.select, "substitute.select")
     # Build every configured object once before any stage runs, so a bad value stops the run
     # with the constructor's message before anything is trained or overwritten.
     for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):
