@@ -73,18 +73,28 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
 
 
 def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
-    """The knobs of every group (defense.eps, attack.budget, ...) as flat "group.key" entries."""
+    """The knobs of every group (defense.eps, attack.budget, policy.compat.clip_space,
+    victim.optimizer.lr, ...) as flat dotted entries; nested nodes are flattened."""
     flat: dict[str, Any] = {}
     for group in GROUPS:
         node = cfg.get(group)
         if node is None:
             continue
-        raw = OmegaConf.to_container(node, resolve=False)
-        for key, value in OmegaConf.to_container(node, resolve=True).items():
-            derived = isinstance(raw.get(key), str) and raw[key].startswith("${")  # e.g. dataset.seed: ${seed}
-            if not key.startswith("_") and not derived and isinstance(value, (int, float, str, bool)):
-                flat[f"{group}.{key}"] = value
+        _flatten(OmegaConf.to_container(node, resolve=False), OmegaConf.to_container(node, resolve=True), group, flat)
     return flat
+
+
+def _flatten(raw: Any, resolved: dict[str, Any], prefix: str, flat: dict[str, Any]) -> None:
+    for key, value in resolved.items():
+        if key.startswith("_"):
+            continue
+        raw_value = raw.get(key) if isinstance(raw, dict) else None
+        if isinstance(value, dict):
+            _flatten(raw_value, value, f"{prefix}.{key}", flat)
+            continue
+        derived = isinstance(raw_value, str) and raw_value.startswith("${")  # e.g. dataset.seed: ${seed}
+        if not derived and isinstance(value, (int, float, str, bool)):
+            flat[f"{prefix}.{key}"] = value
 
 
 def format_table(record: dict[str, Any]) -> str:
