@@ -120,3 +120,12 @@ def test_original_recipes_preset_runs(compose_cfg, tmp_path):
                                         "attack.budget=200", "defense=none"))
     assert 1 <= record["victim/selected_epoch"] <= 2 and 1 <= record["surrogate/selected_epoch"] <= 2
     assert record["queries"] == 200
+
+
+def test_nested_knobs_are_recorded(compose_cfg):
+    """Sweeps over nested knobs (policy.compat.*, victim.optimizer.*) stay tellable apart in the report."""
+    from modelguard.run import swept_scalars
+    flat = swept_scalars(compose_cfg("policy=jbtr3", "policy.compat.clip_space=pixel", "experiment=original_recipes"))
+    assert flat["policy.compat.clip_space"] == "pixel" and flat["policy.compat.eps_from_defense"] is True
+    assert flat["victim.optimizer.momentum"] == 0.5 and flat["substitute.select"] == "best_test"
+    assert not any(k.split(".")[-1].startswith("_") for k in flat) and "dataset.seed" not in flat
