@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
 from modelguard.attack.augment import query_view
-from modelguard.dataset.transforms import View
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.transforms import View
 
 
 @dataclass

@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modelguard.attack.recovery import recover_labels
+from modelguard.defense.mad import MAD
+from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
 from modelguard.stages.common import load_data, output_dir
 from modelguard.stages.defended import build_api
@@ -65,8 +67,6 @@ def original_epsilon(defense) -> float | None:
     """The eps the original passed as a defense ``epsilon`` kwarg, which its JBDA-TR then took as
     its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W only (random noise's is
     ``epsilon_z``, the quantizer's is separate)."""
-    from modelguard.defense.mad import MAD
-    from modelguard.defense.mld import ModelGuardW
     return float(defense.eps) if isinstance(defense, (MAD, ModelGuardW)) else None
 
 
