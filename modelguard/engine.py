@@ -10,6 +10,35 @@ from tqdm.auto import tqdm
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
+SELECTIONS = ("last", "best_test")
+
+
+def check_selection(value: str, knob: str) -> str:
+    """Validate a model-selection knob (victim.select, substitute.select)."""
+    if value not in SELECTIONS:
+        raise ValueError(f"{knob}={value!r} is invalid: allowed values are {', '.join(SELECTIONS)}; set "
+                         f"{knob}=last (the last epoch) or {knob}=best_test (the last epoch reaching the best "
+                         "test accuracy, as the original's checkpoint; experiment=original_recipes)")
+    return value
+
+
+class BestOnTest:
+    """Keeps a copy of the weights at the last epoch whose test accuracy is >= the best so far
+    (the original's ``checkpoint.pth.tar`` rule, spec attacks §3 step 4)."""
+
+    def __init__(self) -> None:
+        self.acc = -1.0
+        self.epoch = 0          # 1-based epoch of the kept weights (0: none yet)
+        self.seen = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def update(self, model: nn.Module, acc: float) -> None:
+        """Call once per epoch, after it, with that epoch's test accuracy."""
+        self.seen += 1
+        if acc >= self.acc:
+            self.acc, self.epoch = acc, self.seen
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """mean over the batch of -sum_k y_k log softmax(z)_k (spec attacks §3)."""

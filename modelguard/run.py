@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from modelguard.engine import check_selection
 from modelguard.stages import STAGES
 from modelguard.stages.common import mark_done, output_dir, stage_done
 from modelguard.utils.io import save_json
@@ -27,6 +28,8 @@ def validate(cfg: DictConfig) -> None:
                          f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
+    check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
+    check_selection(cfg.substitute.select, "substitute.select")
     # Build every configured object once before any stage runs, so a bad value stops the run
     # with the constructor's message before anything is trained or overwritten.
     for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):
@@ -70,18 +73,28 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
 
 
 def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
-    """The knobs of every group (defense.eps, attack.budget, ...) as flat "group.key" entries."""
+    """The knobs of every group (defense.eps, attack.budget, policy.compat.clip_space,
+    victim.optimizer.lr, ...) as flat dotted entries; nested nodes are flattened."""
     flat: dict[str, Any] = {}
     for group in GROUPS:
         node = cfg.get(group)
         if node is None:
             continue
-        raw = OmegaConf.to_container(node, resolve=False)
-        for key, value in OmegaConf.to_container(node, resolve=True).items():
-            derived = isinstance(raw.get(key), str) and raw[key].startswith("${")  # e.g. dataset.seed: ${seed}
-            if not key.startswith("_") and not derived and isinstance(value, (int, float, str, bool)):
-                flat[f"{group}.{key}"] = value
+        _flatten(OmegaConf.to_container(node, resolve=False), OmegaConf.to_container(node, resolve=True), group, flat)
     return flat
+
+
+def _flatten(raw: Any, resolved: dict[str, Any], prefix: str, flat: dict[str, Any]) -> None:
+    for key, value in resolved.items():
+        if key.startswith("_"):
+            continue
+        raw_value = raw.get(key) if isinstance(raw, dict) else None
+        if isinstance(value, dict):
+            _flatten(raw_value, value, f"{prefix}.{key}", flat)
+            continue
+        derived = isinstance(raw_value, str) and raw_value.startswith("${")  # e.g. dataset.seed: ${seed}
+        if not derived and isinstance(value, (int, float, str, bool)):
+            flat[f"{prefix}.{key}"] = value
 
 
 def format_table(record: dict[str, Any]) -> str:

@@ -92,3 +92,40 @@ def test_defense_is_a_library_object(compose_cfg, option):
     if option == "mld":
         assert ((released - probs).abs().sum(1) <= 0.5 + 1e-6).all()
         assert torch.equal(released.argmax(1), probs.argmax(1))
+
+
+def test_original_recipes_preset_is_the_spec_table(compose_cfg):
+    """experiment=original_recipes: the original's recipes (spec attacks §11), as a delta."""
+    cfg = compose_cfg("experiment=original_recipes")
+    victim, sub = cfg.victim, cfg.substitute
+    assert victim.optimizer.momentum == 0.5 and sub.optimizer.momentum == 0.5
+    assert (victim.epochs, victim.batch_size, victim.optimizer.lr, victim.optimizer.weight_decay) == (100, 64, 0.01, 5e-4)
+    assert (victim.scheduler.step_size, victim.scheduler.gamma) == (30, 0.5)
+    assert (sub.epochs, sub.optimizer.lr, sub.optimizer.weight_decay) == (30, 0.1, 0.0)
+    assert (sub.scheduler.step_size, sub.scheduler.gamma) == (10, 0.5)
+    assert victim.select == "best_test" and sub.select == "best_test"
+    assert cfg.attack.shadow_epochs == 5
+    assert cfg.dataset._target_.endswith("EmbeddedMNIST")  # a delta: the rest stays the default
+    default = compose_cfg()
+    assert default.victim.select == "last" and default.substitute.select == "last"  # the fast recipe stays
+    assert (default.victim.epochs, default.substitute.epochs) == (20, 10)
+    fast = compose_cfg("experiment=original_recipes", "debug=fast")
+    assert (fast.victim.epochs, fast.substitute.epochs, fast.attack.budget) == (2, 2, 500)
+    assert fast.victim.optimizer.momentum == 0.5
+
+
+def test_original_recipes_preset_runs(compose_cfg, tmp_path):
+    from modelguard.run import run_experiment
+    record = run_experiment(compose_cfg("experiment=original_recipes", "debug=fast", "dataset=synthetic", "arch=mlp",
+                                        "attack.budget=200", "defense=none"))
+    assert 1 <= record["victim/selected_epoch"] <= 2 and 1 <= record["surrogate/selected_epoch"] <= 2
+    assert record["queries"] == 200
+
+
+def test_nested_knobs_are_recorded(compose_cfg):
+    """Sweeps over nested knobs (policy.compat.*, victim.optimizer.*) stay tellable apart in the report."""
+    from modelguard.run import swept_scalars
+    flat = swept_scalars(compose_cfg("policy=jbtr3", "policy.compat.clip_space=pixel", "experiment=original_recipes"))
+    assert flat["policy.compat.clip_space"] == "pixel" and flat["policy.compat.eps_from_defense"] is True
+    assert flat["victim.optimizer.momentum"] == 0.5 and flat["substitute.select"] == "best_test"
+    assert not any(k.split(".")[-1].startswith("_") for k in flat) and "dataset.seed" not in flat

@@ -2,16 +2,31 @@
 targets. Rounds: train a substitute on everything collected, synthesise `variants` new images
 per collected image with a few PGD steps toward random classes, query them, repeat.
 
-Decisions on the original's oddities (spec attacks §12.1, §12.2, §12.10):
-- the PGD radius `step_eps` is the attack's own knob, never taken from the defense's eps;
-- images live in pixel space [0, 1] (normalisation is inside the model), so the clip to the
-  valid image range is the correct one, and it is applied after the eps clip;
-- the last round is truncated so the API is never asked for more than the budget.
+The original's behaviour is the default; ``compat`` switches reach the project's variants
+(spec attacks §12.1, §12.2; docs/decisions.md):
+- ``eps_from_defense`` (true): against MAD and ModelGuard-W the PGD radius is the defense's
+  eps (the original merged the defense's ``epsilon`` into its own parameters), so the step
+  is 1.85·eps/T = 0.23125 at eps 1.0. The query stage passes that eps in (``defense_eps``);
+  against every other defense, or with false, the radius is ``step_eps``.
+- ``eps_units`` (normalized): eps and the step are in the model's normalised units
+  ((x − mean)/std), as in the original, whose images were normalised tensors; ``pixel``
+  measures them in pixel units.
+- ``clip_space`` (normalized): after the eps clip, the original clipped the *normalised*
+  image to [0, 1], i.e. pixel values to [mean, mean + std]; ``pixel`` clips to the valid
+  image range [0, 1].
+Images stay pixel-space tensors in [0, 1]. The step and clips are done in normalised space
+expressed in pixel coordinates (a normalised bound b is the pixel bound b·std + mean), which
+is the same arithmetic as mapping to normalised space and back, and keeps the pixel/pixel
+variant exactly the project's former behaviour.
+
+The last round is truncated so the API is never asked for more than the budget (§12.10).
+``substitute_weight_decay`` (5e-4, spec §11) is the weight decay of JBDA-TR's substitutes;
+the substitute stage reads it from the policy.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,30 +36,60 @@ from modelguard.api import DefendedAPI
 from modelguard.attack.knockoff import QueryLog
 from modelguard.attack.strategy import AttackStrategy
 
+SPACES = ("normalized", "pixel")
+COMPAT_DEFAULTS: dict[str, Any] = {"eps_from_defense": True, "clip_space": "normalized", "eps_units": "normalized"}
+
 
 class JacobianAugmentation:
     needs_trainer = True
 
-    def __init__(self, seed_size: int = 500, variants: int = 3, step_eps: float = 0.1, steps: int = 8,
-                 step_scale: float = 1.85, max_rounds: int | None = None):
+    def __init__(self, seed_size: int = 1000, variants: int = 3, step_eps: float = 0.1, steps: int = 8,
+                 step_scale: float = 1.85, max_rounds: int | None = None,
+                 substitute_weight_decay: float | None = 5e-4, compat: Mapping[str, Any] | None = None):
         if seed_size < 1:
-            raise ValueError(f"policy.seed_size={seed_size} is invalid: it must be >= 1")
+            raise ValueError(f"policy.seed_size={seed_size} is invalid: it must be >= 1 (the original: 1000)")
         if variants < 1:
             raise ValueError(f"policy.variants={variants} is invalid: it must be >= 1 (jbtr3 uses 3)")
         if step_eps <= 0 or steps < 1:
             raise ValueError(f"policy.step_eps={step_eps}, policy.steps={steps} are invalid: need step_eps > 0 "
                              "and steps >= 1 (the paper: 0.1 and 8)")
+        wd = substitute_weight_decay
+        if wd is not None and (isinstance(wd, bool) or not isinstance(wd, (int, float))
+                               or not math.isfinite(wd) or wd < 0):
+            raise ValueError(f"policy.substitute_weight_decay={substitute_weight_decay!r} is invalid: it must be "
+                             "a number >= 0, or null to keep substitute.optimizer.weight_decay; set "
+                             "policy.substitute_weight_decay=5e-4 (the original's JBDA-TR substitute)")
         self.seed_size = seed_size
         self.variants = variants
         self.step_eps = step_eps
         self.steps = steps
+        self.step_scale = step_scale
         self.step_size = step_scale * step_eps / steps
         self.max_rounds = max_rounds
+        self.substitute_weight_decay = substitute_weight_decay
+        self.compat = _check_compat(compat)
         self.metrics: dict[str, Any] = {}
 
+    def effective_eps(self, defense_eps: float | None) -> float:
+        """The PGD radius: the defense's eps under compat.eps_from_defense, else step_eps."""
+        if self.compat["eps_from_defense"] and defense_eps is not None:
+            return float(defense_eps)
+        return float(self.step_eps)
+
     def synthesise(self, substitute: torch.nn.Module, x: torch.Tensor, num_classes: int,
-                   generator: torch.Generator) -> torch.Tensor:
-        """PGD toward a fresh random target class at every step (spec §8.2 step 3b)."""
+                   generator: torch.Generator, eps: float | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+        """PGD toward a fresh random target class at every step (spec §8.2 step 3b).
+
+        ``eps`` defaults to ``step_eps``; the step is step_scale·eps/steps. ``mean``/``std``
+        are the dataset's normalisation (default: the substitute's own ``mean``/``std``),
+        needed when eps_units or clip_space is "normalized"."""
+        eps = self.step_eps if eps is None else float(eps)
+        alpha = self.step_scale * eps / self.steps
+        m, s = _stats(substitute, x, mean, std)
+        unit = s if self.compat["eps_units"] == "normalized" else torch.ones_like(s)
+        bound, step = eps * unit, alpha * unit  # in pixels, per channel
+        lo, hi = (m, m + s) if self.compat["clip_space"] == "normalized" else (torch.zeros_like(m), torch.ones_like(m))
         substitute.eval()
         delta = torch.zeros_like(x)
         for _ in range(self.steps):
@@ -53,13 +98,20 @@ class JacobianAugmentation:
             loss = F.cross_entropy(substitute(x + delta), target)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                delta = (delta - self.step_size * grad.sign()).clamp(-self.step_eps, self.step_eps)
-                delta = (x + delta).clamp(0, 1) - x
+                delta = torch.maximum(torch.minimum(delta - step * grad.sign(), bound), -bound)
+                delta = torch.maximum(torch.minimum(x + delta, hi), lo) - x
         return (x + delta).detach()
 
     def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
-                train_substitute: Callable, relabel: Callable, progress: bool = True) -> QueryLog:
+                train_substitute: Callable, relabel: Callable, progress: bool = True,
+                defense_eps: float | None = None, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> QueryLog:
+        """``defense_eps``: the defense's eps when the original would have taken it (MAD,
+        ModelGuard-W), else None; ``mean``/``std``: the dataset's normalisation."""
         budget = attack.budget
+        eps = self.effective_eps(defense_eps)
+        self.metrics["jbda/step_eps"] = eps
+        self.metrics["jbda/step_size"] = self.step_scale * eps / self.steps
         seeds = torch.randperm(len(pool), generator=generator)[: min(self.seed_size, budget)]
         inputs = [pool[seeds]]
         index = [seeds]
@@ -86,7 +138,8 @@ class JacobianAugmentation:
                     left = budget - api.queries
                     if left <= 0:
                         break
-                    synthetic = self.synthesise(substitute, x, log.released.shape[1], generator)[:left].cpu()
+                    synthetic = self.synthesise(substitute, x, log.released.shape[1], generator, eps=eps,
+                                                mean=mean, std=std)[:left].cpu()
                     r, c = api.query_all(synthetic, attack.query_batch_size)
                     inputs.append(synthetic)
                     index.append(torch.full((len(synthetic),), -1, dtype=torch.long))
@@ -99,3 +152,33 @@ class JacobianAugmentation:
         bar.close()
         self.metrics["jbda/rounds"] = rounds
         return QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
+
+
+def _check_compat(compat: Mapping[str, Any] | None) -> dict[str, Any]:
+    given = dict(compat or {})
+    unknown = sorted(set(given) - set(COMPAT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"policy.compat has unknown key(s) {unknown}: allowed keys are "
+                         f"{', '.join(COMPAT_DEFAULTS)}; remove them (e.g. policy.compat.eps_from_defense=false)")
+    merged = {**COMPAT_DEFAULTS, **given}
+    if not isinstance(merged["eps_from_defense"], bool):
+        raise ValueError(f"policy.compat.eps_from_defense={merged['eps_from_defense']!r} is invalid: it must be "
+                         "true (the original: MAD and ModelGuard-W set the PGD eps) or false (policy.step_eps always)")
+    for key in ("clip_space", "eps_units"):
+        if merged[key] not in SPACES:
+            raise ValueError(f"policy.compat.{key}={merged[key]!r} is invalid: allowed values are "
+                             f"{', '.join(SPACES)}; set policy.compat.{key}=normalized (the original) or "
+                             f"policy.compat.{key}=pixel")
+    return merged
+
+
+def _stats(model: torch.nn.Module, x: torch.Tensor, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation as [1, C, 1, 1] tensors on x's device (given, else the model's buffers)."""
+    if mean is None or std is None:
+        if not (hasattr(model, "mean") and hasattr(model, "std")):
+            raise ValueError("JBDA-TR needs the dataset's mean/std for policy.compat eps_units/clip_space="
+                             "normalized: pass mean= and std=, or use a modelguard.arch Classifier")
+        mean, std = model.mean, model.std
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return m, s

@@ -7,8 +7,9 @@ import torch
 from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
-from modelguard.attack.augment import random_view
+from modelguard.attack.augment import query_view
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.transforms import View
 
 
 @dataclass
@@ -23,14 +24,23 @@ class QueryLog:
 
 
 class KnockoffRandom:
-    """Query a seeded random permutation of the pool, ``budget`` unique images, in batches."""
+    """Query a seeded random permutation of the pool, ``budget`` unique images, in batches.
+
+    With ``attack.augment_queries`` every pass queries a fresh view of each image
+    (``attack.augment``: ``dataset`` = ``dataset_view``, the pool family's train transform that
+    the query stage passes in). The transfer set keeps the plain images, and the clean answers
+    are those of the first pass (spec attacks §12.13)."""
+
+    needs_dataset_view = True
 
     def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy,
-                generator: torch.Generator, progress: bool = True) -> QueryLog:
+                generator: torch.Generator, progress: bool = True,
+                dataset_view: View | None = None) -> QueryLog:
         if attack.budget > len(pool):
             raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {len(pool)} images; "
                              f"lower attack.budget or enlarge the pool (dataset.pool_size)")
         index = torch.randperm(len(pool), generator=generator)[: attack.budget]
+        view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
         released_sum = None
         clean = None
         total = attack.budget * attack.queries_per_image
@@ -39,8 +49,8 @@ class KnockoffRandom:
             outs, cleans = [], []
             for start in range(0, attack.budget, attack.query_batch_size):
                 x = pool[index[start:start + attack.query_batch_size]]
-                if attack.augment_queries:
-                    x = random_view(x, generator)
+                if view is not None:
+                    x = view(x, generator)
                 released, clean_batch = api.query(x, return_clean=True)
                 outs.append(released.cpu())
                 cleans.append(clean_batch.cpu())

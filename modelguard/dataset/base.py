@@ -3,7 +3,12 @@
 An option bundles what one experiment needs: the victim's train and test splits (X_t), the
 attacker's query pool (X_q) and the outlier-exposure set (X_OE). Images are float tensors in
 pixel space [0, 1], shape [C, H, W]; normalisation is part of the model (see
-modelguard.arch), so an attacker perturbs and clips images in pixel space.
+modelguard.arch), so an attacker perturbs images in pixel space (JBDA-TR maps to the
+model's normalised space where it reproduces the original, spec attacks §12.2).
+
+``pool_train_transform`` names the train-time view of the query pool's family (see
+modelguard.dataset.transforms); attacks that query "through the train transform" (smoothing)
+use ``pool_train_view()``.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import TensorDataset
+
+from modelguard.dataset.transforms import View, pool_view
 
 
 @dataclass
@@ -25,6 +32,11 @@ class ExperimentData:
     victim_test: TensorDataset
     query_pool: TensorDataset
     outliers: TensorDataset
+    pool_train_transform: str = "none"
+
+    def pool_train_view(self) -> View:
+        """The query pool family's train transform as a batched view (identity for "none")."""
+        return pool_view(self.pool_train_transform)
 
     def describe(self) -> str:
         return (f"{self.name}: victim train {len(self.victim_train)}, test {len(self.victim_test)}, "

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData, to_pixels
+from modelguard.dataset.transforms import check_pool_transform
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
@@ -42,10 +43,13 @@ class EmbeddedMNIST:
         pool_size: how many of the 20,000 bundled Fashion-MNIST images form the query pool.
         outlier_count: number of 28x28 texture crops in the outlier-exposure set.
         seed: shuffles the digits and places the crops.
+        pool_train_transform: train-time view of the query pool's family, used by attacks
+            that query through the train transform (smoothing). "none": the original's MNIST
+            family trains without augmentation; "shift" / "shift_flip" are alternatives.
     """
 
     def __init__(self, test_fraction: float = 0.2, pool_size: int = 20000, outlier_count: int = 5000,
-                 seed: int = 0):
+                 seed: int = 0, pool_train_transform: str = "none"):
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"dataset.test_fraction={test_fraction} is invalid: it must lie strictly "
                              "between 0 and 1, e.g. dataset.test_fraction=0.2")
@@ -58,6 +62,7 @@ class EmbeddedMNIST:
         self.pool_size = pool_size
         self.outlier_count = outlier_count
         self.seed = seed
+        self.pool_train_transform = check_pool_transform(pool_train_transform)
 
     def load(self) -> ExperimentData:
         generator = torch.Generator().manual_seed(self.seed)
@@ -78,4 +83,5 @@ class EmbeddedMNIST:
             victim_test=TensorDataset(images[test_idx], labels[test_idx]),
             query_pool=TensorDataset(pool, pool_labels),
             outliers=TensorDataset(crops, torch.zeros(len(crops), dtype=torch.long)),
+            pool_train_transform=self.pool_train_transform,
         )

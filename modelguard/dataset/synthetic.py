@@ -10,12 +10,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.dataset.transforms import check_pool_transform
 
 
 class SyntheticData:
     def __init__(self, num_classes: int = 4, image_size: int = 8, in_channels: int = 1,
                  train_size: int = 256, test_size: int = 128, pool_size: int = 512,
-                 outlier_count: int = 128, noise: float = 0.15, seed: int = 0):
+                 outlier_count: int = 128, noise: float = 0.15, seed: int = 0,
+                 pool_train_transform: str = "none"):
         if num_classes < 2:
             raise ValueError(f"dataset.num_classes={num_classes} is invalid: need at least 2 classes")
         if image_size < 4:
@@ -26,6 +28,7 @@ class SyntheticData:
         self.sizes = (train_size, test_size, pool_size, outlier_count)
         self.noise = noise
         self.seed = seed
+        self.pool_train_transform = check_pool_transform(pool_train_transform)
 
     def load(self) -> ExperimentData:
         g = torch.Generator().manual_seed(self.seed)
@@ -51,4 +54,5 @@ class SyntheticData:
             image_size=self.image_size, mean=(0.5,) * self.in_channels, std=(0.25,) * self.in_channels,
             victim_train=TensorDataset(*train), victim_test=TensorDataset(*test),
             query_pool=TensorDataset(pool, a), outliers=TensorDataset(outliers, torch.zeros(outlier_count, dtype=torch.long)),
+            pool_train_transform=self.pool_train_transform,
         )

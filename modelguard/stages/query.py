@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modelguard.attack.recovery import recover_labels
+from modelguard.defense.mad import MAD
+from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
 from modelguard.stages.common import load_data, output_dir
 from modelguard.stages.defended import build_api
@@ -24,7 +26,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     api = build_api(cfg, data, budget=attack.budget * attack.queries_per_image)
     policy = instantiate(cfg.policy)
     log = policy.collect(api, data.query_pool.tensors[0], attack, make_generator(cfg.seed, "query"),
-                         progress=bool(cfg.progress), **policy_context(cfg, data, attack, policy))
+                         progress=bool(cfg.progress), **policy_context(cfg, data, attack, policy, api))
     labels, recover_metrics = recover_labels(cfg, data, api, attack, log)
     if attack.hard_label:
         labels = torch.nn.functional.one_hot(labels.argmax(1), labels.shape[1]).float()
@@ -40,12 +42,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def policy_context(cfg: DictConfig, data, attack, policy) -> dict[str, Any]:
-    """Extra call-site arguments a policy declares it needs (JBDA-TR trains substitutes)."""
-    if not getattr(policy, "needs_trainer", False):
-        return {}
-    from modelguard.stages.substitute import make_trainer
-    return {"train_substitute": make_trainer(cfg, data), "relabel": lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)}
+def policy_context(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
+    """Extra call-site arguments a policy declares it needs: the pool family's train view
+    (KnockoffNets' augmented queries); substitute training, relabelling, the dataset's
+    normalisation and the defense's eps where the original took it (JBDA-TR)."""
+    context: dict[str, Any] = {}
+    if getattr(policy, "needs_dataset_view", False):
+        context["dataset_view"] = data.pool_train_view()
+    if getattr(policy, "needs_trainer", False):
+        from modelguard.stages.substitute import make_trainer
+        trainer = make_trainer(cfg, data)
+        context.update({
+            # JBDA-TR synthesises from the substitute as trained (the last epoch), as the original
+            # does with its in-memory model; substitute.select only picks the weights reported/saved.
+            "train_substitute": lambda inputs, labels, tag: trainer(inputs, labels, tag, keep="last"),
+            "relabel": lambda api_, log_: recover_labels(cfg, data, api_, attack, log_),
+            "defense_eps": original_epsilon(api.defense),
+            "mean": tuple(data.mean), "std": tuple(data.std),
+        })
+    return context
+
+
+def original_epsilon(defense) -> float | None:
+    """The eps the original passed as a defense ``epsilon`` kwarg, which its JBDA-TR then took as
+    its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W only (random noise's is
+    ``epsilon_z``, the quantizer's is separate)."""
+    return float(defense.eps) if isinstance(defense, (MAD, ModelGuardW)) else None
 
 
 def load_transfer_inputs(transfer: dict[str, torch.Tensor], pool: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 Reports the final epoch's test accuracy and fidelity (agreement with the undefended victim on
 the victim's test set) and, as the paper does, the best test accuracy over epochs (model
-selection on the test set; spec attacks §12.12)."""
+selection on the test set; spec attacks §12.12). ``substitute.select`` chooses the weights
+kept: the last epoch, or (``best_test``, the original's checkpoint) the last epoch reaching
+the best test accuracy. A policy may set the substitute's weight decay
+(``policy.substitute_weight_decay``: JBDA-TR's 5e-4, spec attacks §11)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modelguard.engine import fit, predict_probs, soft_cross_entropy
+from modelguard.engine import BestOnTest, check_selection, fit, predict_probs, soft_cross_entropy
 from modelguard.metrics import accuracy, agreement
 from modelguard.stages.common import build_model, device_of, load_data, load_victim, output_dir
 from modelguard.stages.query import load_transfer_inputs
@@ -29,31 +32,57 @@ def rotation_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model.rotation_head(model.features(views)), targets)
 
 
-def make_trainer(cfg: DictConfig, data) -> Callable[[torch.Tensor, torch.Tensor, str], tuple[torch.nn.Module, dict[str, Any]]]:
-    """A function (inputs, soft labels, tag) -> (trained substitute, metrics) for this config."""
+def substitute_optimizer(cfg: DictConfig) -> Callable:
+    """The substitute's optimizer factory: substitute.optimizer, with the policy's weight decay
+    when the policy sets one (JBDA-TR: policy.substitute_weight_decay)."""
+    weight_decay = getattr(instantiate(cfg.policy), "substitute_weight_decay", None)
+    if weight_decay is None:
+        return instantiate(cfg.substitute.optimizer)
+    return instantiate(cfg.substitute.optimizer, weight_decay=float(weight_decay))
+
+
+def make_trainer(cfg: DictConfig, data) -> Callable[..., tuple[torch.nn.Module, dict[str, Any]]]:
+    """A function (inputs, soft labels, tag, keep="selected") -> (trained substitute, metrics).
+
+    ``keep="selected"`` returns the weights substitute.select chooses; ``keep="last"`` the
+    last epoch's whatever the selection (JBDA-TR synthesises from those, as the original)."""
     recipe = cfg.substitute
+    select = check_selection(recipe.select, "substitute.select")
     attack = instantiate(cfg.attack)
+    optimizer = substitute_optimizer(cfg)
     device = device_of(cfg)
     x_test, y_test = data.victim_test.tensors
     victim_test_probs = predict_probs(load_victim(cfg, data), x_test, device=device)
     pool = data.query_pool.tensors[0]
 
-    def train(inputs: torch.Tensor, labels: torch.Tensor, tag: str):
+    def train(inputs: torch.Tensor, labels: torch.Tensor, tag: str, keep: str = "selected"):
+        if keep not in ("selected", "last"):
+            raise ValueError(f"keep={keep!r} is invalid: use keep='selected' (substitute.select) or keep='last'")
         torch.manual_seed(cfg.seed + 7)  # substitute initialisation
         model = build_model(cfg.arch, data)
         loss_fn = _loss_fn(model, attack.rotation_weight, pool, make_generator(cfg.seed, f"s4l-{tag}"))
+        best_on_test = BestOnTest()
 
         def evaluate() -> dict[str, float]:
             probs = predict_probs(model, x_test, device=device)
-            return {"test_acc": accuracy(probs, y_test), "fidelity": agreement(probs, victim_test_probs)}
+            acc = accuracy(probs, y_test)
+            if select == "best_test":
+                best_on_test.update(model, acc)
+            return {"test_acc": acc, "fidelity": agreement(probs, victim_test_probs)}
 
         history = fit(model, inputs, labels, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                      optimizer=instantiate(recipe.optimizer), scheduler=instantiate(recipe.scheduler),
+                      optimizer=optimizer, scheduler=instantiate(recipe.scheduler),
                       generator=make_generator(cfg.seed, f"substitute-{tag}"), device=device,
                       loss_fn=loss_fn, evaluate=evaluate, desc=f"substitute {tag}", progress=cfg.progress)
         best = max(history, key=lambda r: r["test_acc"])
+        selected_epoch = len(history)
+        if select == "best_test" and best_on_test.state is not None:
+            selected_epoch = best_on_test.epoch
+            if keep == "selected":
+                model.load_state_dict(best_on_test.state)
         return model, {"surrogate/test_acc": history[-1]["test_acc"], "surrogate/fidelity": history[-1]["fidelity"],
                        "surrogate/best_test_acc": best["test_acc"], "surrogate/best_fidelity": best["fidelity"],
+                       "surrogate/selected_epoch": selected_epoch,
                        "surrogate/train_size": len(labels)}
 
     return train

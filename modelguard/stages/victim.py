@@ -1,7 +1,10 @@
 """Stage `victim`: train the victim (with outlier exposure) and the AM misinformation model.
 
 Both are cached under paths.cache_dir, keyed by dataset, arch, seed and recipe, and shared
-by every run and every concurrent job (spec attacks §4)."""
+by every run and every concurrent job (spec attacks §4). ``victim.select`` chooses the victim
+that is deployed: the last epoch, or (``best_test``, the original's checkpoint) the last
+epoch reaching the best test accuracy. The misinformation model is always the last epoch's,
+as in the original (spec attacks §12.20)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from modelguard.defense.am import misinformation_loss, outlier_exposure_loss
-from modelguard.engine import batches, predict_probs
+from modelguard.engine import BestOnTest, batches, check_selection, predict_probs
 from modelguard.metrics import accuracy
 from modelguard.stages.common import build_model, cached_artifact, device_of, load_data, victim_dir
 from modelguard.utils.io import save_tensors
@@ -23,6 +26,7 @@ from modelguard.utils.seed import make_generator
 
 def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     recipe = cfg.victim
+    select = check_selection(recipe.select, "victim.select")
     device = device_of(cfg)
     data = load_data(cfg)
     x_train, y_train = data.victim_train.tensors
@@ -41,6 +45,7 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     generator = make_generator(cfg.seed, "victim-batches")
     oe_start = 0
     history = []
+    best_on_test = BestOnTest()
     bar = tqdm(range(recipe.epochs), desc="victim", unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in bar:
         victim.train()
@@ -68,11 +73,18 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
             sched_m.step()
         acc = accuracy(predict_probs(victim, x_test, device=device), y_test)
         history.append({"epoch": epoch + 1, "test_acc": acc})
+        if select == "best_test":
+            best_on_test.update(victim, acc)
         bar.set_postfix(test_acc=f"{acc:.3f}")
+    selected_epoch = len(history)
+    if select == "best_test" and best_on_test.state is not None:
+        victim.load_state_dict(best_on_test.state)
+        selected_epoch = best_on_test.epoch
     victim.eval()
     save_tensors(victim.state_dict(), directory / "victim.pt")
-    metrics: dict[str, Any] = {"victim/test_acc": history[-1]["test_acc"] if history else
-                               accuracy(predict_probs(victim, x_test, device=device), y_test)}
+    metrics: dict[str, Any] = {"victim/test_acc": history[selected_epoch - 1]["test_acc"] if history else
+                               accuracy(predict_probs(victim, x_test, device=device), y_test),
+                               "victim/selected_epoch": selected_epoch}
     if misinformation is not None:
         misinformation.eval()
         save_tensors(misinformation.state_dict(), directory / "misinformation.pt")

@@ -37,6 +37,7 @@ def test_jbtr3_policy_runs_rounds(smoke, tmp_path):
     record = run_experiment(smoke("policy=jbtr3", "policy.seed_size=32", "defense=top1", output_dir=tmp_path / "jb"))
     assert record["queries"] == record["attack.budget"]
     assert record["jbda/rounds"] >= 2
+    assert record["jbda/step_eps"] == 0.1  # top1 passes no epsilon: the attack's own radius
 
 
 def test_jbtr3_with_recovery(smoke, tmp_path):
@@ -44,6 +45,7 @@ def test_jbtr3_with_recovery(smoke, tmp_path):
                                   *fast("bayes"), output_dir=tmp_path / "jbb"))
     assert record["queries"] == record["attack.budget"]
     assert record["recover/table_rows"] > 0
+    assert record["jbda/step_eps"] == 1.0  # the original took ModelGuard-W's eps (spec §12.1)
 
 
 def test_recovery_without_table_source_is_explained(smoke, tmp_path):

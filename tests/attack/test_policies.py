@@ -45,7 +45,7 @@ def test_api_refuses_to_exceed_budget():
 
 def test_smoothing_averages_three_augmented_passes():
     api = tiny_api(budget=60, defense=Top1())
-    attack = AttackStrategy(budget=20, queries_per_image=3, augment_queries=True)
+    attack = AttackStrategy(budget=20, queries_per_image=3, augment_queries=True, augment="shift")
     log = KnockoffRandom().collect(api, pool(), attack, torch.Generator().manual_seed(0), progress=False)
     assert api.queries == 60
     assert torch.allclose(log.released.sum(1), torch.ones(20))
@@ -89,7 +89,8 @@ def test_jbda_spends_exactly_the_budget_and_stays_in_pixel_range():
 
 
 def test_jbda_synthesis_stays_within_step_eps():
-    policy = JacobianAugmentation(seed_size=1, variants=1, step_eps=0.05, steps=4)
+    policy = JacobianAugmentation(seed_size=1, variants=1, step_eps=0.05, steps=4,
+                                  compat={"eps_units": "pixel", "clip_space": "pixel"})
     x = pool(6)
     model = mlp(4, 1, 8, [0.5], [0.25], hidden=16)
     out = policy.synthesise(model, x, 4, torch.Generator().manual_seed(0))
