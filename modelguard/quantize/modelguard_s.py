@@ -240,21 +240,22 @@ class ModelGuardS(Quantizer):
         if not probs.is_floating_point():
             raise TypeError(f"ModelGuardS: expected a floating-point tensor, got {probs.dtype}")
         K = probs.shape[1]
-        if self._K == 0:
-            if K == 0:
-                raise ValueError("ModelGuardS: probabilities need at least one class (K >= 1)")
-            self._reset(K, probs.device)
-        elif K != self._K:
+        if self._K == 0 and K == 0:
+            raise ValueError("ModelGuardS: probabilities need at least one class (K >= 1)")
+        if self._K and K != self._K:
             raise ValueError(f"ModelGuardS: the codebook has K = {self._K} classes but the "
                              f"batch has K = {K}; use one quantizer per victim model")
+        p = probs.detach()
+        # the defenses' input contract: finite, non-negative rows summing to 1 within the
+        # dtype's tolerance (float32 softmax rows are off by ~2e-7 and valid); a refused
+        # batch leaves the quantizer as it was
+        check_probs(p, who="ModelGuardS")
+        if self._K == 0:
+            self._reset(K, probs.device)
         if self._buf.device != probs.device:
             self._buf = self._buf.to(probs.device)
             self._cls = self._cls.to(probs.device)
             self._index_version = -1
-        p = probs.detach()
-        # the defenses' input contract: finite, non-negative rows summing to 1 within the
-        # dtype's tolerance (float32 softmax rows are off by ~2e-7 and valid)
-        check_probs(p, who="ModelGuardS")
         if not convert:
             return p
         return self._as_float64(p, scratch)
