@@ -96,7 +96,7 @@ def check_probs(probs: torch.Tensor, who: str = "a defense") -> None:
     acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
     room = tol - (math.ceil(math.log2(probs.shape[1] + 1)) + 2) * torch.finfo(acc).eps
     lo, hi = torch.aminmax(probs.sum(1, dtype=acc))
-    if float(lo) >= 1.0 - room and float(hi) <= 1.0 + room and float(probs.min()) >= 0:
+    if float(lo) >= 1.0 - room and float(hi) <= 1.0 + room and float(probs.amin()) >= 0:
         return
     # the exact check, row by row, and the diagnosis of the first bad row
     sums = probs.sum(1, dtype=torch.float64)
