@@ -15,6 +15,22 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 torch.set_num_threads(1)  # tests run beside other processes; one thread avoids oversubscription
 
 
+@pytest.fixture(scope="session")
+def pipeline_rows() -> Callable[[int, str], torch.Tensor]:
+    """pipeline_rows(K, family) -> the rows of ``tests.realistic_rows.pipeline_families(K)``
+    (built once per K per session; callers must not modify them)."""
+    from tests.realistic_rows import pipeline_families
+
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def get(K: int, family: str) -> torch.Tensor:
+        if K not in cache:
+            cache[K] = pipeline_families(K)
+        return cache[K][family]
+
+    return get
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """compose_cfg("defense=mld", ...) -> a job config whose outputs and caches live in tmp_path."""

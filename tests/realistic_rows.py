@@ -13,7 +13,9 @@ zeros, near-one-hots and ties. Every family here is deterministic and built in s
 - ``edge_rows(K, dtype)``: exact zeros, one-hots, all-tied, two-way ties at the top,
   near-ties (1 ulp apart), a max at the last index, and rows with entries of 1e-30.
 - ``pipeline_families(K)``: name → rows for every family above at that K, used by
-  parametrized tests.
+  parametrized tests; ``family_names(K)`` / ``pipeline_params(*Ks)`` give the names (and
+  (K, name) pairs) without building rows, and the session fixture ``pipeline_rows(K,
+  name)`` in ``tests/conftest.py`` builds each K once.
 """
 from __future__ import annotations
 
@@ -102,6 +104,18 @@ def edge_rows(K: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         near[2 % K] += 1.0 - near[:2].sum() if K > 2 else 0.0
         out = torch.cat([out, near[None]])
     return out
+
+
+def family_names(K: int) -> list[str]:
+    """The keys of ``pipeline_families(K)``, without building any rows (for parametrize)."""
+    base = ["lenet_test", "lenet_pool"] if K == 10 else [f"softmax_f32_K{K}"]
+    return base + ["half_float16", "half_bfloat16"] + [
+        f"edge_{d}" for d in ("float32", "float64", "float16", "bfloat16")]
+
+
+def pipeline_params(*Ks: int) -> list[tuple[int, str]]:
+    """(K, family) pairs for ``@pytest.mark.parametrize("K,family", ...)``."""
+    return [(K, name) for K in Ks for name in family_names(K)]
 
 
 def pipeline_families(K: int) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype
 
 GATE_SLOPE = 1000.0  # the gate is sigmoid(1000·(τ − y_max)), §5.2
 MISINFO_SMOOTH = 1e-7  # log(1 − p + 1e-7) in the misinformation loss, §5.1
@@ -37,7 +37,7 @@ class AdaptiveMisinformation(Defense):
     (in-distribution) answers pass almost unchanged; low-confidence ones, which the
     victim's outlier-exposure training makes the out-of-distribution ones, are replaced by
     the misinformation posterior. y' is a convex combination, so it stays on the simplex.
-    Computed in float64.
+    Computed in float64, released in ``release_dtype`` (float32 for half precision).
 
     ``xinfo(x)`` runs f̂ under no-grad in eval mode (its previous mode is restored). ``ŷ``
     must be given: the original's fallback without side information, a random vector, is
@@ -124,7 +124,7 @@ class AdaptiveMisinformation(Defense):
         y = probs.to(torch.float64)
         yhat = xinfo.to(device=y.device, dtype=torch.float64)
         h = self.gate(probs)[:, None]
-        return ((1.0 - h) * y + h * yhat).to(probs.dtype)
+        return ((1.0 - h) * y + h * yhat).to(release_dtype(probs.dtype))
 
     def extra_repr(self) -> str:
         model = "set" if self.misinformation_model is not None else None

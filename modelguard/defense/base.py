@@ -14,6 +14,8 @@ simplex) to the vectors the prediction API releases. It never calls the victim i
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -65,28 +67,40 @@ def sum_tolerance(dtype: torch.dtype) -> float:
     return max(1e-5, 8.0 * torch.finfo(dtype).eps)
 
 
-def check_probs(probs: torch.Tensor) -> None:
+def check_probs(probs: torch.Tensor, who: str = "a defense") -> None:
     """Refuse anything that is not a [B, K] batch of probability vectors.
 
     Valid rows have K ≥ 1 finite, non-negative entries summing to 1 within
     :func:`sum_tolerance` of the dtype (float32 softmax rows sum to 1 only within ~2e-7, and
-    are valid). Raises ValueError naming the first bad row and what is wrong with it.
-    Costs two reductions over the batch.
+    are valid). Raises ValueError naming the first bad row and what is wrong with it;
+    ``who`` names the caller in the message ("a defense", "ModelGuardS"). A valid batch
+    costs three reductions (a row sum, its min and max, the batch minimum).
     """
     if probs.dim() != 2 or not probs.is_floating_point():
         raise ValueError(
-            f"a defense takes a floating [batch, classes] tensor of probabilities, got shape "
+            f"{who} takes a floating [batch, classes] tensor of probabilities, got shape "
             f"{tuple(probs.shape)} and dtype {probs.dtype}; add a batch dimension with probs[None] "
             "for a single vector"
         )
     if probs.shape[1] == 0:
-        raise ValueError(f"a defense needs rows with at least one class, got shape {tuple(probs.shape)}")
+        raise ValueError(f"{who} needs rows with at least one class, got shape {tuple(probs.shape)}")
     if probs.shape[0] == 0:
         return
     tol = sum_tolerance(probs.dtype)
+    # Fast path (three reductions, no per-row masks: the ModelGuard-S hot path calls this
+    # for every batch). Row sums are accumulated in float32 (float64 for float64 rows),
+    # whose cascade summation errs by at most about log2(K)·eps; a batch is accepted here
+    # only with that much room left inside the tolerance, so it accepts nothing the
+    # float64 check below would refuse. NaN propagates through the reductions and fails
+    # every comparison, inf makes a sum inf or NaN.
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    room = tol - (math.ceil(math.log2(probs.shape[1] + 1)) + 2) * torch.finfo(acc).eps
+    lo, hi = torch.aminmax(probs.sum(1, dtype=acc))
+    if float(lo) >= 1.0 - room and float(hi) <= 1.0 + room and float(probs.amin()) >= 0:
+        return
+    # the exact check, row by row, and the diagnosis of the first bad row
     sums = probs.sum(1, dtype=torch.float64)
     low = probs.amin(1)
-    # NaN fails both comparisons, inf makes the sum inf or NaN: all land in ``bad``
     bad = ~(((sums - 1.0).abs() <= tol) & (low >= 0))
     if not bool(bad.any()):
         return
@@ -101,6 +115,35 @@ def check_probs(probs: torch.Tensor) -> None:
     else:
         what = f"sums to {float(sums[i]):.9g}, not 1 (allowed: within {tol:.3g} for {probs.dtype})"
     raise ValueError(
-        f"a defense takes probability vectors, but row {i} of {probs.shape[0]} {what}; pass "
+        f"{who} takes probability vectors, but row {i} of {probs.shape[0]} {what}; pass "
         "softmax outputs (torch.softmax(logits, 1)), not logits or unnormalised scores"
     )
+
+
+def strict_top1(out: torch.Tensor, exact: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
+    """``out`` (``exact`` rounded to the release dtype) with the top-1 class kept strictly first.
+
+    ``exact`` is a defense's answer as computed (float64), ``top`` the class it must keep
+    (default: ``exact``'s first maximum). Rounding to float32 can merge the top entry with
+    the next one (entries 1e-8 apart both round to the same float32), and argmax then
+    returns the lower index: a label flip when that index is not the top class. In every
+    row where ``exact`` has ``top`` strictly first but ``out`` does not, ``out[top]`` is
+    raised to the next representable value above the row's largest other entry: one ulp
+    above the rounded value, so the entry stays within 1.5 ulp of ``exact`` and the row's
+    sum moves by one ulp. Rows that are tied in ``exact`` are left as they are (argmax keeps
+    the first of the tied classes). In place on ``out``; returns it. Needs K ≥ 2 to act.
+    """
+    if out.shape[0] == 0 or out.shape[1] < 2:
+        return out
+    if top is None:
+        top = exact.argmax(1)
+    idx = top[:, None]
+    lo = torch.tensor(float("-inf"), dtype=exact.dtype, device=exact.device)
+    strict = exact.gather(1, idx).squeeze(1) > exact.scatter(1, idx, lo.expand_as(idx)).amax(1)
+    others = out.scatter(1, idx, lo.to(out.dtype).expand_as(idx)).amax(1)
+    bad = strict & (out.gather(1, idx).squeeze(1) <= others)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1)
+        up = torch.nextafter(others[rows], torch.full_like(others[rows], float("inf")))
+        out[rows, top[rows]] = up
+    return out

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype, strict_top1
 
 BUMP = 1e-5  # added to the top class of every vertex candidate before normalising (§4.3)
 SMOOTH = 1e-8  # y + 1e-8, renormalised, inside the objective of the K > 10 path (§4.3)
@@ -224,7 +224,10 @@ class MAD(Defense):
     (best one-hot) and ``argmin`` (one-hot at argmin y) do not keep the label. ``random`` and
     the LP oracles are not provided. Everything is batched over rows (the original needs
     batch size 1; its answers do not depend on the batch here) and computed in float64.
-    The output then goes through the line search (§4.4), so ``‖y' − y‖_norm < eps``.
+    The output then goes through the line search (§4.4), so ``‖y' − y‖_norm < eps``
+    (in float64; the released dtype, ``release_dtype`` of the input, adds its rounding).
+    With the argmax oracle the clean top class stays strictly first in the released dtype
+    (:func:`~modelguard.defense.base.strict_top1`).
 
     Objective ties are decided by position (first candidate in the order of §4.3) with a
     1e-12 tolerance, not by round-off. If the objective is undefined for every candidate
@@ -313,9 +316,15 @@ class MAD(Defense):
                 )
             p = xinfo.to(device=y.device, dtype=torch.float64).expand_as(y)
         if y.shape[0] == 0:
-            return probs.clone()
+            return probs.to(release_dtype(probs.dtype), copy=True)
         ystar = self._target(y, p)
-        return line_search(y, ystar, self.eps, self.norm).to(probs.dtype)
+        exact = line_search(y, ystar, self.eps, self.norm)
+        out = exact.to(release_dtype(probs.dtype))
+        if self.top1_preserve and out.dtype != exact.dtype:
+            # y*'s bump makes the clean top strictly first in float64, by as little as
+            # α·1e-5/K: rounding to float32 can merge it with the runner-up
+            strict_top1(out, exact, y.argmax(dim=1))
+        return out
 
     def extra_repr(self) -> str:
         return (

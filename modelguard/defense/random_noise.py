@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype
 
 _SIMULATE_STREAM = 0x5EED5171  # offsets the simulate generator's seed from the perturb one
 
@@ -39,7 +39,7 @@ class RandomNoise(Defense):
     or 2, so that the mean has p-norm ε) or standard normal; project ``δ`` onto the Lp ball
     of radius ε (Duchi's L1 projection, or ``δ·ε/max(‖δ‖₂, ε)``); release
     ``σ(z + δ)`` renormalised. Classes at exactly 0 or 1 stay there (logit ±∞).
-    Computed in float64.
+    Computed in float64, released in ``release_dtype`` (float32 for half precision).
 
     Randomness: two ``torch.Generator``s on the CPU, both derived from ``seed``. ``perturb``
     draws from one (the defended API's stream), ``simulate`` from the other, so an
@@ -98,7 +98,7 @@ class RandomNoise(Defense):
         delta = self._noise(tuple(probs.shape), gen).to(p.device)
         ytil = torch.sigmoid(z + delta)
         out = ytil / ytil.sum(dim=1, keepdim=True)
-        return out.to(probs.dtype)
+        return out.to(release_dtype(probs.dtype))
 
     def perturb(self, probs: torch.Tensor, xinfo: torch.Tensor | None = None) -> torch.Tensor:
         return self._apply(probs, self._gen)

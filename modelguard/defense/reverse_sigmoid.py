@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype, strict_top1
 
 
 class ReverseSigmoid(Defense):
@@ -29,6 +29,10 @@ class ReverseSigmoid(Defense):
     - γ ≥ 1: ``s'(p) = γ·cosh²(t/2)/cosh²(γt/2)`` with t = logit p is at most γ (at p = 1/2),
       so g is strictly increasing iff β·γ < 1: the flag is True.
     - β = 0 or γ = 0: the identity (s ≡ 1/2 when γ = 0): True.
+
+    Released in ``release_dtype`` (float32 for half precision). Where the flag is True, a
+    top class the float64 answer has strictly first stays strictly first after rounding to
+    that dtype (:func:`~modelguard.defense.base.strict_top1`).
 
     Deterministic and stateless: ``simulate == perturb``.
     """
@@ -62,8 +66,13 @@ class ReverseSigmoid(Defense):
             logit = torch.log(pc) - torch.log1p(-pc)
             s = torch.where(ab > 0, s, torch.sigmoid(self.gamma * logit))
         ytil = p - self.beta * (s - 0.5)
-        out = ytil / ytil.sum(dim=1, keepdim=True)
-        return out.to(probs.dtype)
+        exact = ytil / ytil.sum(dim=1, keepdim=True)
+        out = exact.to(release_dtype(probs.dtype))
+        if self.top1_preserve and out.dtype != exact.dtype:
+            # a strictly increasing g keeps a strict top strictly first in float64, but the
+            # float32 rounding can merge it with a class 1 ulp below (a label flip if lower)
+            strict_top1(out, exact)
+        return out
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype
 
 
 class Rounding(Defense):
@@ -20,9 +20,11 @@ class Rounding(Defense):
       we do not: ``top1_preserve`` is **False**, so recovery never restricts its lookup
       on a promise this defense cannot keep.
 
-    The rounding runs in the input's own dtype, as numpy's ``round`` does on the
-    original's float32 arrays: a value such as float32 0.35 (really 0.3499999940...)
-    rounds to 0.4 in float32 arithmetic but to 0.3 in float64, and we match the former.
+    The rounding runs in the release dtype (the input's own dtype, float32 for half
+    precision), as numpy's ``round`` does on the original's float32 arrays: a value such as
+    float32 0.35 (really 0.3499999940...) rounds to 0.4 in float32 arithmetic but to 0.3 in
+    float64, and we match the former. Half-precision inputs are widened first (exactly):
+    ``10·x`` in float16 is itself rounded to 11 bits and can cross a rounding boundary.
     Deterministic and stateless: ``simulate == perturb``.
     """
 
@@ -41,7 +43,7 @@ class Rounding(Defense):
         check_probs(probs)
         # torch.round(decimals=d) scales by 10^d, rounds half to even and scales back, in
         # the input dtype: the same arithmetic as numpy.round.
-        return torch.round(probs, decimals=self.decimals)
+        return torch.round(probs.to(release_dtype(probs.dtype)), decimals=self.decimals)
 
     def extra_repr(self) -> str:
         return f"decimals={self.decimals}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from modelguard.defense.base import Defense, check_probs
+from modelguard.defense.base import Defense, check_probs, release_dtype
 
 
 class TopK(Defense):
@@ -17,7 +17,8 @@ class TopK(Defense):
     Among equal values the lower index is kept first (a stable descending sort), so the
     released argmax is the clean argmax whenever the kept values are unchanged:
     ``top1_preserve`` is True except for a k-hot output with k > 1, whose argmax is the
-    lowest kept index rather than the most likely class.
+    lowest kept index rather than the most likely class. Half-precision inputs are
+    released as float32 (the kept values exactly).
     """
 
     requires_xinfo = False
@@ -41,11 +42,11 @@ class TopK(Defense):
         check_probs(probs)
         k = min(self.k, probs.shape[1])
         order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :k]
-        out = torch.zeros_like(probs)
+        out = torch.zeros(probs.shape, dtype=release_dtype(probs.dtype), device=probs.device)
         if self.one_hot:
             out.scatter_(1, order, 1.0)
         else:
-            out.scatter_(1, order, probs.gather(1, order))
+            out.scatter_(1, order, probs.gather(1, order).to(out.dtype))
         return out
 
     def extra_repr(self) -> str:

@@ -20,6 +20,14 @@ Semantics (identical to processing the rows one by one, in batch order):
   a class without centroids returns the row unchanged, with one warning per class
   (rate limited, §12 item 9), never one per row.
 
+Inputs and dtypes. Rows must pass the defenses' input check (``check_probs``: finite,
+non-negative, summing to 1 within the dtype's tolerance); they are compared in float64
+and answered in ``release_dtype`` of the input (float32 for float16/bfloat16, else the
+input's dtype). A new centroid is the row itself or a Dirichlet draw rounded to float32,
+so for float32 and half-precision streams the released answer is the stored centroid
+exactly and the eps bound and the label hold for the released values, not only for the
+float64 ones.
+
 Vectorization. Rows whose answer is decided by the codebook as it stood before the batch
 are resolved all at once: every (row, centroid of the row's class) pair is formed as a
 ragged list (the centroids are indexed class by class), one distance per pair, and a
@@ -47,6 +55,7 @@ import warnings
 import numpy as np
 import torch
 
+from modelguard.defense.base import check_probs, release_dtype
 from modelguard.quantize.base import Quantizer
 
 _NORMS = ("l1", "l2")
@@ -231,25 +240,22 @@ class ModelGuardS(Quantizer):
         if not probs.is_floating_point():
             raise TypeError(f"ModelGuardS: expected a floating-point tensor, got {probs.dtype}")
         K = probs.shape[1]
-        if self._K == 0:
-            if K == 0:
-                raise ValueError("ModelGuardS: probabilities need at least one class (K >= 1)")
-            self._reset(K, probs.device)
-        elif K != self._K:
+        if self._K == 0 and K == 0:
+            raise ValueError("ModelGuardS: probabilities need at least one class (K >= 1)")
+        if self._K and K != self._K:
             raise ValueError(f"ModelGuardS: the codebook has K = {self._K} classes but the "
                              f"batch has K = {K}; use one quantizer per victim model")
+        p = probs.detach()
+        # the defenses' input contract: finite, non-negative rows summing to 1 within the
+        # dtype's tolerance (float32 softmax rows are off by ~2e-7 and valid); a refused
+        # batch leaves the quantizer as it was
+        check_probs(p, who="ModelGuardS")
+        if self._K == 0:
+            self._reset(K, probs.device)
         if self._buf.device != probs.device:
             self._buf = self._buf.to(probs.device)
             self._cls = self._cls.to(probs.device)
             self._index_version = -1
-        p = probs.detach()
-        # A finite sum in the input's own dtype (cheaper than float64 for float32) means
-        # every entry is finite, so the float64 sum is finite too; only an infinite or
-        # NaN one needs the float64 check (a float16 sum can overflow where it would not).
-        if (p.numel() and not bool(torch.isfinite(p.sum()))
-                and not bool(torch.isfinite(p.to(torch.float64).sum()))):
-            raise ValueError("ModelGuardS: the probabilities contain NaN or inf (or values "
-                             "too large to sum)")
         if not convert:
             return p
         return self._as_float64(p, scratch)
@@ -389,7 +395,12 @@ class ModelGuardS(Quantizer):
         gen = torch.Generator(device="cpu").manual_seed(_mix64(self.seed, k, m))
         alpha = (self.concentration * self._K * y.cpu()).clamp_min(_ALPHA_MIN)
         g = torch._standard_gamma(alpha.expand(n, -1).contiguous(), generator=gen)
-        s = (g / g.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)).to(y.device)
+        s = g / g.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        # Candidates are rounded to float32, the coarsest dtype an answer is released in,
+        # before the checks: the eps bound and the label then hold for the released
+        # values exactly (a float64 draw rounded afterwards can merge its top two classes
+        # or step past eps).
+        s = s.to(torch.float32).to(device=y.device, dtype=torch.float64)
         keep = (row_distance(s, y.expand_as(s), self.norm) <= self.eps) & (s.argmax(1) == k)
         s = s[keep]
         if s.shape[0] == 0:
@@ -685,20 +696,21 @@ class ModelGuardS(Quantizer):
             return self.simulate(probs)
         p = self._ensure_setup(probs, convert=False)
         B = p.shape[0]
+        dtype = release_dtype(probs.dtype)
         if B == 0:
-            return probs.clone()
+            return probs.to(dtype, copy=True)
         if B < self.sequential_below:
-            return self._quantize_sequential(self._as_float64(p)).to(dtype=probs.dtype)
+            return self._quantize_sequential(self._as_float64(p)).to(dtype=dtype)
         if p.device.type == "cpu" and self.dirichlet_candidates == 0:
             ans = self._quantize_fast(self._as_float64(p, scratch=True))
         else:
             ans = self._quantize_online(self._as_float64(p, scratch=True))
-        return self._centroids_as(probs.dtype).index_select(0, ans)
+        return self._centroids_as(dtype).index_select(0, ans)
 
     def simulate(self, probs: torch.Tensor) -> torch.Tensor:
         y = self._ensure_setup(probs)
         if y.shape[0] == 0:
-            return probs.clone()
+            return probs.to(release_dtype(probs.dtype), copy=True)
         k = _top1(y)
         idx, _ = self._lookup(y, k, nearest=True)
         found = idx >= 0
@@ -715,7 +727,7 @@ class ModelGuardS(Quantizer):
                     f"ModelGuardS.simulate: no centroids yet for class(es) "
                     f"{shown[:10]}{more}; their rows are returned unchanged (spec §7.4). "
                     f"Warned once per class.", RuntimeWarning, stacklevel=2)
-        return out.to(dtype=probs.dtype)
+        return out.to(dtype=release_dtype(probs.dtype))
 
     # ------------------------------------------------------------- sequential
     def _books(self) -> dict[int, torch.Tensor]:
@@ -760,4 +772,4 @@ class ModelGuardS(Quantizer):
         if self.frozen:
             return self.simulate(probs)
         y = self._ensure_setup(probs)
-        return self._quantize_sequential(y).to(dtype=probs.dtype)
+        return self._quantize_sequential(y).to(dtype=release_dtype(probs.dtype))

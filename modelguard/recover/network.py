@@ -14,7 +14,9 @@ statistics of the decoded batch (the whole transfer set) and updates its running
 statistics (§12.6). Our default decodes in eval mode under no_grad, in chunks, so every
 row's output depends on that row only; ``train_mode_decode=True`` reproduces the original
 (one batch, train-mode BatchNorm, running statistics updated). Both modes decode under
-no_grad: the original's missing no_grad costs memory but does not change the output.
+no_grad: the original's missing no_grad costs memory but does not change the output. The
+decoded rows come back in ``release_dtype`` of the answers' dtype (float32 for half
+precision, as the defenses release them).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from modelguard.defense.base import release_dtype
 from modelguard.recover.base import Recoverer
 
 HIDDEN_WIDTHS: dict[int, tuple[int, int]] = {
@@ -177,7 +180,10 @@ class RecoveryNetwork(Recoverer):
             else:
                 self.net.eval()
                 out = torch.cat([self.net(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
-        return out.to(released.device, released.dtype if released.is_floating_point() else torch.float32)
+        # float32 for half-precision answers (release_dtype): rounding the decoder's softmax
+        # to float16/bfloat16 would move rows off the simplex by up to 4e-3 and merge classes
+        dtype = release_dtype(released.dtype) if released.is_floating_point() else torch.float32
+        return out.to(released.device, dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.net is None:

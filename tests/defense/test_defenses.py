@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelguard.defense.am import AdaptiveMisinformation
-from modelguard.defense.base import Defense
+from modelguard.defense.base import Defense, release_dtype
 from modelguard.defense.mad import MAD
 from modelguard.defense.none import NoDefense
 from modelguard.defense.random_noise import RandomNoise, project_l1_ball
@@ -23,6 +23,7 @@ from modelguard.defense.reverse_sigmoid import ReverseSigmoid
 from modelguard.defense.rounding import Rounding
 from modelguard.defense.top1 import Top1
 from modelguard.defense.topk import TopK
+from tests.realistic_rows import family_names, pipeline_params
 
 KINDS = ("random", "peaked", "flat", "onehot", "ties", "tiny")
 
@@ -227,7 +228,8 @@ def test_rounding_exact():
     np = pytest.importorskip("numpy")
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
-        x = torch.rand(2000, generator=g, dtype=torch.float64).to(dtype)[None]
+        a = torch.rand(2000, 1, generator=g, dtype=torch.float64).to(dtype)
+        x = torch.cat([a, 1 - a], 1)  # 2000 valid rows (a defense refuses anything else)
         for d in (1, 2, 4):
             assert (Rounding(d).perturb(x).numpy() == np.round(x.numpy(), d)).all()
     flat = torch.full((1, 256), 1 / 256)
@@ -290,3 +292,149 @@ def test_reverse_sigmoid_large_beta_is_not_clipped():
     # documented: for beta ≥ 1 entries may go negative (the original does not clip)
     out = ReverseSigmoid(3.0, 0.2).perturb(_t([[0.98, 0.01, 0.01]]))
     assert torch.isfinite(out).all() and math.isclose(float(out.sum()), 1.0, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------- pipeline rows
+# The rows a victim really hands over (tests/realistic_rows.py): float32 LeNet softmax on
+# the test set and the query pool, float16/bfloat16 rows (autocast), and rows with exact
+# zeros, one-hots, ties and near-ties. Invariants are checked in the returned dtype.
+
+PIPELINE = pipeline_params(10, 256)
+
+
+def _first_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first maximum, whether it is the only maximum) per row, in x's own values."""
+    top = x.max(1, keepdim=True).values
+    return x.argmax(1), (x == top).sum(1) == 1
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+@pytest.mark.parametrize("K,family", PIPELINE)
+def test_contract_on_pipeline_rows(name, K, family, pipeline_rows):
+    probs = pipeline_rows(K, family)
+    factory, on_simplex, deterministic = DEFENSES[name]
+    defense = factory()
+    info = _xinfo(probs, 0) if defense.requires_xinfo else None
+    out = defense.perturb(probs, info)
+    assert out.dtype == release_dtype(probs.dtype)  # half precision is released as float32
+    assert out.shape == probs.shape and out.device == probs.device
+    assert not torch.isnan(out).any() and torch.isfinite(out).all()
+    y, o = probs.double(), out.double()
+    ulp = torch.finfo(out.dtype).eps
+    if on_simplex:
+        # as far from 1 as the inputs were (a float32 softmax row is off by ~1e-7, a
+        # bfloat16 one by ~4e-3), plus the rounding to the returned dtype
+        drift = (y.sum(1) - 1).abs()
+        if info is not None:
+            drift = torch.maximum(drift, (info.double().sum(1) - 1).abs())
+        assert (o >= 0).all()
+        assert ((o.sum(1) - 1).abs() <= drift + 4 * ulp).all()
+    if defense.top1_preserve:
+        m, strict_in = _first_argmax(y)
+        m_out, strict_out = _first_argmax(o)
+        assert torch.equal(m_out, m)  # the label, ties going to the lowest index
+        # strictly first wherever the input's top is (MAD's vertex bump makes it strict
+        # even for tied inputs): no rounding to the returned dtype may merge it
+        must = torch.ones_like(strict_in) if isinstance(defense, MAD) else strict_in
+        assert strict_out[must].all()
+    if isinstance(defense, MAD):
+        d = o - y
+        dist = d.abs().sum(1) if defense.norm == "l1" else d.norm(dim=1)
+        assert (dist <= defense.eps + 2 * ulp).all()
+    if deterministic:
+        assert torch.equal(_call(defense, probs, 0, simulate=True), out)
+        assert torch.equal(_call(factory(), probs, 0), out)
+
+
+def _topk_reference(y: torch.Tensor, k: int, one_hot: bool) -> torch.Tensor:
+    """Per-row loop: the k largest entries, the lower index first among equal values."""
+    out = torch.zeros_like(y)
+    for i in range(y.shape[0]):
+        row = y[i].tolist()
+        keep = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+        for j in keep:
+            out[i, j] = 1.0 if one_hot else row[j]
+    return out
+
+
+@pytest.mark.parametrize("K,family", PIPELINE)
+def test_exact_outputs_on_pipeline_rows(K, family, pipeline_rows):
+    np = pytest.importorskip("numpy")
+    probs = pipeline_rows(K, family)[:64]
+    rd = release_dtype(probs.dtype)
+    wide = probs.to(rd)  # exact: every half-precision value is a float32 value
+    out = NoDefense().perturb(probs)
+    assert torch.equal(out, wide) and out.data_ptr() != probs.data_ptr()
+    hot = torch.nn.functional.one_hot(probs.double().argmax(1), K).to(rd)
+    assert torch.equal(Top1().perturb(probs), hot)
+    for k, one_hot in ((1, False), (2, False), (3, True)):
+        expected = _topk_reference(wide, k, one_hot)
+        assert torch.equal(TopK(k, one_hot=one_hot).perturb(probs), expected)
+    for d in (1, 2, 3):  # numpy's round in the release dtype
+        out = Rounding(d).perturb(probs)
+        assert out.dtype == rd
+        assert (out.numpy() == np.round(wide.numpy(), d)).all()
+
+
+@pytest.mark.parametrize("beta,gamma", [(0.21, 0.2), (0.008, 0.2), (0.5, 1.5), (0.3, 2.5)])
+@pytest.mark.parametrize("K,family", PIPELINE)
+def test_reverse_sigmoid_formula_on_pipeline_rows(beta, gamma, K, family, pipeline_rows):
+    # σ(γ·logit p) literally (finite at p = 0 and 1: logit = ∓inf), in float64
+    probs = pipeline_rows(K, family)
+    p = probs.double()
+    s = torch.sigmoid(gamma * (torch.log(p) - torch.log1p(-p)))
+    ytil = p - beta * (s - 0.5)
+    expected = ytil / ytil.sum(1, keepdim=True)
+    out = ReverseSigmoid(beta, gamma).perturb(probs)
+    assert out.dtype == release_dtype(probs.dtype)
+    ulp = torch.finfo(out.dtype).eps
+    # rounding to the returned dtype (and the strict-top repair: one ulp more)
+    torch.testing.assert_close(out.double(), expected, rtol=2 * ulp, atol=1e-15)
+
+
+def test_reverse_sigmoid_keeps_a_near_tied_label_in_float32():
+    # float32 rows whose top class (1) is one ulp above class 0: a strictly increasing g
+    # keeps the order in float64, but the gap shrinks (g'(1/2) = 1 − βγ = 0.25 for β = 0.5,
+    # γ = 1.5) and float32 rounding merged the two, handing the label to class 0 in most
+    # rows before the strict-top repair
+    g = torch.Generator().manual_seed(0)
+    top = (0.3 + 0.19 * torch.rand(500, generator=g)).float()
+    below = torch.nextafter(top, torch.zeros(()))
+    rest = torch.rand(500, 8, generator=g)
+    rest = (rest / rest.sum(1, keepdim=True) * (1.0 - top.double() - below.double())[:, None]).float()
+    y = torch.cat([below[:, None], top[:, None], rest], 1)
+    assert bool((y.argmax(1) == 1).all())
+    defense = ReverseSigmoid(0.5, 1.5)
+    assert defense.top1_preserve
+    out = defense.perturb(y)
+    m, strict = _first_argmax(out.double())
+    assert bool((m == 1).all()) and bool(strict.all())
+
+
+@pytest.mark.parametrize("K,family", PIPELINE)
+def test_am_and_random_noise_formulas_on_pipeline_rows(K, family, pipeline_rows):
+    probs = pipeline_rows(K, family)
+    rd = release_dtype(probs.dtype)
+    ulp = torch.finfo(rd).eps
+    y = probs.double()
+    info = _xinfo(probs, 3)
+    for am in (AdaptiveMisinformation(0.7), AdaptiveMisinformation(0.3, adaptive=False)):
+        h = (torch.sigmoid(1000.0 * (0.7 - y.max(1).values)) if am.adaptive
+             else torch.full((y.shape[0],), 0.3, dtype=torch.float64))[:, None]
+        out = am.perturb(probs, info)
+        assert out.dtype == rd
+        torch.testing.assert_close(out.double(), (1 - h) * y + h * info.double(), rtol=ulp, atol=1e-15)
+    eps, seed = 0.8, 5
+    out = RandomNoise(eps, "l1", "uniform", seed).perturb(probs)
+    gen = torch.Generator().manual_seed(seed)
+    delta = project_l1_ball(torch.rand(y.shape, generator=gen, dtype=torch.float64) * (2 * eps / K), eps)
+    z = torch.sigmoid(torch.log(y) - torch.log1p(-y) + delta)
+    assert out.dtype == rd
+    torch.testing.assert_close(out.double(), z / z.sum(1, keepdim=True), rtol=ulp, atol=1e-15)
+
+
+def test_pipeline_family_names_match_the_rows(pipeline_rows):
+    for K in (10, 256):
+        for name in family_names(K):
+            rows = pipeline_rows(K, name)
+            assert rows.dim() == 2 and rows.shape[1] == K

@@ -7,7 +7,9 @@ import itertools
 import pytest
 import torch
 
+from modelguard.defense.base import release_dtype
 from modelguard.defense.mad import BUDGET, BUMP, MAD, SMOOTH, TIE_TOL, line_search, mad_objective
+from tests.realistic_rows import family_names, pipeline_params
 
 
 def _posteriors(rows: int, k: int, seed: int, scale: float = 3.0) -> torch.Tensor:
@@ -288,3 +290,48 @@ def test_set_proxy_and_to():
     assert mad.to("cpu") is mad
     with pytest.raises(TypeError):
         mad.set_proxy("not a model")
+
+
+# ----------------------------------------------------------------------------------------
+# the rows a victim really hands over (tests/realistic_rows.py), a few per family: the
+# batched oracle and the line search against the literal loops, and against the full
+# Jacobian; outputs in release_dtype, compared to the float64 references within its rounding
+
+
+def _some_rows(rows: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """The first and last rows of a family (edge families are small: all of them)."""
+    if rows.shape[0] <= 2 * n:
+        return rows
+    return torch.cat([rows[: n // 2 + 1], rows[-(n // 2):]])
+
+
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+@pytest.mark.parametrize("with_p", [True, False])
+def test_pipeline_rows_match_literal_loop(K, family, with_p, pipeline_rows):
+    probs = _some_rows(pipeline_rows(K, family), 3 if K > 10 else 4)
+    rows = probs.shape[0]
+    p = _posteriors(rows, K, seed=K, scale=0.5) if with_p else None
+    y = probs.double()
+    out = MAD(eps=0.7, norm="l1").perturb(probs, p)
+    assert out.dtype == release_dtype(probs.dtype)
+    ulp = torch.finfo(out.dtype).eps
+    for i in range(rows):
+        ref = _ref_mad(y[i], None if p is None else p[i], 0.7, "l1")
+        torch.testing.assert_close(out[i].double(), ref, rtol=2 * ulp, atol=1e-13)
+
+
+@pytest.mark.parametrize("family", family_names(10))
+def test_pipeline_rows_jacobian_shortcut_equals_full_objective(family, pipeline_rows):
+    torch.manual_seed(10)
+    model = _TinyNet(10).double()
+    mad = MAD(eps=0.9, proxy=model)
+    probs = _some_rows(pipeline_rows(10, family), 3)
+    rows = probs.shape[0]
+    x = torch.randn(rows, 1, 6, 6, dtype=torch.float64)
+    out = mad.perturb(probs, mad.xinfo(x))
+    ulp = torch.finfo(out.dtype).eps
+    y = probs.double()
+    for i in range(rows):
+        full = _full_objective(_jacobian(model, x[i]), y[i])
+        ref = line_search(y[i][None], _ref_exhaustive(y[i], None, "angular", full)[None], 0.9, "l1")[0]
+        torch.testing.assert_close(out[i].double(), ref, rtol=2 * ulp, atol=1e-10)

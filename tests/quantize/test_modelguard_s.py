@@ -11,8 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelguard.defense.base import release_dtype
 from modelguard.quantize import modelguard_s as mgs
 from modelguard.quantize.modelguard_s import ModelGuardS, row_distance
+from tests.realistic_rows import pipeline_params
 
 
 # ----------------------------------------------------------------- streams
@@ -354,7 +356,7 @@ def test_fast_path_padded_and_ragged_second_pass(monkeypatch, table_budget, norm
     for c in range(1, K):
         a[c - 1, c] = 0.9
         b[c - 1, c] = 0.5
-        b[c - 1, (c % (K - 1)) + 1] = 0.4
+        b[c - 1, (c % (K - 1)) + 1] = 0.42  # rows are probability vectors (sum 1)
     vec, ref = ModelGuardS(eps=0.05, norm=norm), ModelGuardS(eps=0.05, norm=norm)
     calls = {"second": 0, "ragged": 0}
     second, pairs = ModelGuardS._second_pass, ModelGuardS._pairs
@@ -408,6 +410,92 @@ def test_fast_path_other_dtypes_match_reference(dtype):
     vec, ref = ModelGuardS(eps=0.4), ModelGuardS(eps=0.4)
     for batch in split(y, [100, 7, 64]):
         out = vec.quantize(batch)
-        assert out.dtype == dtype
+        assert out.dtype == release_dtype(dtype)  # half precision is released as float32
         assert torch.equal(out, ref.quantize_reference(batch))
     assert_same_state(vec, ref)
+
+
+# ------------------------------------------------ the rows a victim really hands over
+# tests/realistic_rows.py: float32 LeNet softmax (test set, query pool), float16/bfloat16
+# rows, and rows with exact zeros, one-hots, ties and near-ties. Answers come back in
+# release_dtype (float32 for half precision); label and eps are checked on those values.
+
+
+def _check_answers(out: torch.Tensor, batch: torch.Tensor, eps: float, norm: str) -> None:
+    assert out.dtype == release_dtype(batch.dtype)
+    assert not torch.isnan(out).any()
+    y, o = batch.double(), out.double()
+    # the label (first maximum, as the codebooks are keyed) of the released values
+    assert torch.equal(o.argmax(1), y.argmax(1))
+    # the per-query utility bound holds exactly for what is released
+    assert bool((row_distance(o, y, norm) <= eps).all())
+
+
+def _simulate_reproduces(vec: ModelGuardS, stream: torch.Tensor, answers: torch.Tensor) -> None:
+    """For the state a stream left, simulate gives every row of the stream the answer
+    quantize gave it, and so does a frozen quantizer loaded from that state."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = vec.simulate(stream)
+    assert torch.equal(sim, answers)
+    assert torch.equal(sim, simulate_reference(vec, stream.to(sim.dtype)))
+    frozen = ModelGuardS(eps=vec.eps, norm=vec.norm, frozen=True)
+    frozen.load_state_dict(vec.state_dict())
+    assert torch.equal(frozen.quantize(stream), answers)
+    assert_same_state(frozen, vec)
+
+
+@pytest.mark.parametrize("eps", [0.05, 1.0])
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+def test_pipeline_rows_match_sequential_reference(K, family, eps, norm, pipeline_rows):
+    y = pipeline_rows(K, family)[:300]
+    vec, ref = ModelGuardS(eps=eps, norm=norm), ModelGuardS(eps=eps, norm=norm)
+    vec.sequential_below = 0  # the batched path even for batches of 1
+    answers = []
+    for batch in split(y, [64, 1, 100, 7]):
+        out = vec.quantize(batch)
+        assert torch.equal(out, ref.quantize_reference(batch))
+        _check_answers(out, batch, eps, norm)
+        answers.append(out)
+    assert_same_state(vec, ref)
+    _simulate_reproduces(vec, y, torch.cat(answers))
+    # the default (per-row loop below 4 rows) gives the same answers and codebook
+    again = ModelGuardS(eps=eps, norm=norm)
+    assert torch.equal(torch.cat([again.quantize(b) for b in split(y, [64, 1, 100, 7])]), torch.cat(answers))
+    assert_same_state(again, vec)
+
+
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+def test_pipeline_rows_dirichlet_match_sequential_reference(K, family, pipeline_rows):
+    y = pipeline_rows(K, family)[:96]
+    kw = dict(eps=0.5, norm="l1", dirichlet_candidates=16, seed=1)
+    vec, ref = ModelGuardS(**kw), ModelGuardS(**kw)
+    vec.sequential_below = 0
+    answers = []
+    for batch in split(y, [32, 1, 63]):
+        out = vec.quantize(batch)
+        assert torch.equal(out, ref.quantize_reference(batch))
+        _check_answers(out, batch, 0.5, "l1")
+        answers.append(out)
+    assert_same_state(vec, ref)
+    # every centroid of a float32 or half-precision stream is a float32 value (a row, or
+    # a draw rounded before its checks), so what is released is what was checked against
+    # eps and the label (a float64 stream keeps float64 rows as centroids)
+    cents = vec.state_dict()["centroids"]
+    if y.dtype != torch.float64:
+        assert torch.equal(cents, cents.float().double())
+    _simulate_reproduces(vec, y, torch.cat(answers))
+
+
+@pytest.mark.parametrize("bad, what", [
+    ([[0.2, 0.3, 0.5], [1.5, -0.2, 3.0]], "row 1 of 2 has a negative entry"),
+    ([[0.2, 0.3, 0.5], [2.0, 1.0, 3.0]], "row 1 of 2 sums to 6"),
+    ([[float("nan"), 0.5, 0.5]], "row 0 of 1 has a non-finite entry nan"),
+])
+def test_refuses_non_probability_rows(bad, what):
+    for q in (ModelGuardS(), ModelGuardS(frozen=True)):
+        for call in (q.quantize, q.simulate, q.quantize_reference):
+            with pytest.raises(ValueError, match=f"ModelGuardS takes probability vectors, but {what}"):
+                call(torch.tensor(bad))
+        assert q.num_centroids() == []

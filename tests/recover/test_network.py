@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from modelguard.defense.base import release_dtype
 from modelguard.recover.network import RecoveryNetwork, build_decoder, hidden_widths
+from tests.realistic_rows import pipeline_params
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -124,3 +126,32 @@ def test_paper_width_k256_fit_runs():
     clean, pert = _sqrt_table(256, 2048, 6)
     rec = RecoveryNetwork(epochs=3, batch_size=256, progress=False).fit(clean, pert)
     assert rec.history[-1][0] < rec.history[0][0]
+
+
+# ------------------------------------------------ the rows a victim really hands over
+
+
+@pytest.fixture(scope="module")
+def pipeline_decoders(pipeline_rows):
+    """One briefly trained decoder per K, on a table around the float32 victim rows."""
+    nets = {}
+    for k in (10, 100):
+        base = pipeline_rows(k, "lenet_test" if k == 10 else f"softmax_f32_K{k}")
+        clean = torch.cat([base, base.flip(0)])
+        nets[k] = RecoveryNetwork(epochs=2, batch_size=128, progress=False).fit(clean, _normalize(clean.sqrt()))
+    return nets
+
+
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+def test_pipeline_rows_decode(K, family, pipeline_rows, pipeline_decoders):
+    rec = pipeline_decoders[K]
+    released = pipeline_rows(K, family)
+    out = rec.recover(released)
+    assert out.dtype == release_dtype(released.dtype)  # float32 for half precision
+    assert out.shape == released.shape and not torch.isnan(out).any()
+    assert (out >= 0).all() and torch.allclose(out.double().sum(1), torch.ones(len(out), dtype=torch.float64), atol=1e-5)
+    # the decoder sees the same float32 values either way: half-precision answers decode
+    # exactly as their float32 values do
+    assert torch.equal(out, rec.recover(released.float()).to(out.dtype))
+    # eval decode: every row on its own (chunks of 1 row) as in the batch
+    assert torch.allclose(rec.recover(released[:8], chunk=1), out[:8], atol=1e-6)

@@ -1,10 +1,16 @@
 """Simulation table and Partial-Bayes lookup (defenses.md §9, §10.1, §10.4)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from modelguard.defense.base import Defense
+from modelguard.defense.base import Defense, check_probs, release_dtype
+from modelguard.defense.reverse_sigmoid import ReverseSigmoid
+from modelguard.defense.rounding import Rounding
+from modelguard.defense.top1 import Top1
+from modelguard.quantize.modelguard_s import ModelGuardS, row_distance
 from modelguard.recover.table import (
     TableLookup,
     dirichlet_table_clean,
@@ -14,6 +20,7 @@ from modelguard.recover.table import (
     recover_reference,
     simulate_table,
 )
+from tests.realistic_rows import family_names, pipeline_params
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -253,3 +260,156 @@ def test_epsilon_filter():
     assert epsilon_keep_mask(clean, perturbed, 1.0).tolist() == [True, False, True, True]
     c, p = epsilon_filter(clean, perturbed, 0.5)
     assert torch.equal(c, clean[[0, 3]]) and torch.equal(p, perturbed[[0, 3]])
+
+
+# ---------------------------------------------------------------------------------------
+# the rows a victim really hands over (tests/realistic_rows.py)
+# ---------------------------------------------------------------------------------------
+
+
+def _base_rows(K: int, pipeline_rows) -> torch.Tensor:
+    return pipeline_rows(K, "lenet_test" if K == 10 else f"softmax_f32_K{K}")
+
+
+def _pipeline_defense(name: str, base: torch.Tensor):
+    """A defense's offline form, for tables whose distances tie a lot (one-hots, rounded
+    values, shared centroids) or not at all (Reverse Sigmoid)."""
+    if name == "modelguard_s":
+        q = ModelGuardS(eps=0.5)
+        q.quantize(base)
+        return q
+    return {"top1": Top1(), "rounding1": Rounding(1), "rounding2": Rounding(2),
+            "reverse_sigmoid": ReverseSigmoid()}[name]
+
+
+def _simulate(defense, rows: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ModelGuard-S: classes without centroids
+        return defense.simulate(rows)
+
+
+@pytest.mark.parametrize("defense_name", ["top1", "rounding1", "rounding2", "modelguard_s", "reverse_sigmoid"])
+@pytest.mark.parametrize("K", [10, 100])
+def test_pipeline_tables_batched_equals_reference(K, defense_name, pipeline_rows):
+    # a Dirichlet table around the float32 victim rows, every pipeline family as queries
+    # (their released answers, first 40 rows); the batched lookup must pick the loop's
+    # neighbour set exactly (ties at τ included), so counts are equal and the means agree
+    # to float32 rounding
+    base = _base_rows(K, pipeline_rows)
+    defense = _pipeline_defense(defense_name, base)
+    clean, _ = dirichlet_table_clean(base, 1500, 8.0, torch.Generator().manual_seed(K))
+    perturbed = simulate_table(clean, lambda p, xi: _simulate(defense, p), progress=False)
+    queries = torch.cat([_simulate(defense, pipeline_rows(K, f)[:40]).float() for f in family_names(K)])
+    for norm in (1, 2):
+        for top1_buckets in (True, False):
+            look = TableLookup(norm=norm, tolerance=0.01, top1_buckets=top1_buckets, chunk_elements=40_000)
+            out = look.fit(clean, perturbed).recover(queries)
+            ref = recover_reference((clean, perturbed), queries, norm, 0.01, top1_buckets)
+            assert out.dtype == torch.float32 and not torch.isnan(out).any()
+            assert (out - ref).abs().max() <= 1e-6
+            _, counts = recover_reference((clean, perturbed), queries, norm, 0.01, top1_buckets, return_counts=True)
+            assert torch.equal(look.last_counts, counts)
+            assert torch.allclose(out.double().sum(1), torch.ones(len(out), dtype=torch.float64), atol=1e-5)
+    # both paths of a chunk, on the whole table (no buckets), against the loop
+    look = TableLookup(norm=1, tolerance=0.01).fit(clean, perturbed)
+    ref = recover_reference((clean, perturbed), queries, 1, 0.01, False)
+    for path in (look._lookup_dense, look._lookup_pruned):
+        res = path(queries, look.perturbed, look.clean)
+        if res is not None:  # the pruned path declines when too many pairs survive
+            assert (res[0] - ref).abs().max() <= 1e-6
+    _, counts = recover_reference((clean, perturbed), queries, 1, 0.01, False, return_counts=True)
+    assert torch.equal(look._lookup_dense(queries, look.perturbed, look.clean)[2], counts)
+    pruned = look._lookup_pruned(queries, look.perturbed, look.clean)
+    if pruned is not None:
+        assert torch.equal(pruned[2], counts)
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_dense_lookup_decides_ties_at_tau_like_the_reference(norm):
+    # rounded table: distances between rounded vectors are sums of multiples of 0.01, so
+    # many entries lie at the same distance as the row minimum up to the last float32 bit,
+    # and cdist (another summation order) put some on the other side of τ than the loop's
+    # arithmetic did: answers 0.04 apart at K = 10, 0.2 at K = 100
+    g = torch.Generator().manual_seed(0)
+    for k in (10, 100):
+        clean = torch.softmax(3.0 * torch.randn(3000, k, generator=g), 1)
+        perturbed = Rounding(2).perturb(clean)
+        queries = Rounding(2).perturb(torch.softmax(3.0 * torch.randn(200, k, generator=g), 1))
+        look = TableLookup(norm=norm, tolerance=0.01).fit(clean, perturbed)
+        ref = recover_reference((clean, perturbed), queries, norm, 0.01, False)
+        res = look._lookup_dense(queries, look.perturbed, look.clean)
+        assert (res[0] - ref).abs().max() <= 1e-6
+        _, counts = recover_reference((clean, perturbed), queries, norm, 0.01, False, return_counts=True)
+        assert torch.equal(res[2], counts)
+
+
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+def test_dirichlet_table_on_pipeline_rows(K, family, pipeline_rows):
+    y = pipeline_rows(K, family)
+    clean, index = dirichlet_table_clean(y, 3 * y.shape[0] + 1, 8.0, torch.Generator().manual_seed(3))
+    assert clean.dtype == release_dtype(y.dtype)  # draws are float32: never rounded to half
+    assert clean.shape == (3 * y.shape[0] + 1, K) and torch.equal(index, torch.sort(index).values)
+    check_probs(clean)  # every draw is a valid probability row (zeros, ties, 1e-30 inputs)
+    again, _ = dirichlet_table_clean(y, 3 * y.shape[0] + 1, 8.0, torch.Generator().manual_seed(3))
+    assert torch.equal(clean, again)
+    # half-precision rows draw exactly what their float32 values draw
+    if y.dtype in (torch.float16, torch.bfloat16):
+        wide, _ = dirichlet_table_clean(y.float(), 3 * y.shape[0] + 1, 8.0, torch.Generator().manual_seed(3))
+        assert torch.equal(clean, wide)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_tables_are_widened(dtype, pipeline_rows):
+    base = _base_rows(10, pipeline_rows)
+    clean = dirichlet_table_clean(base, 1000, 8.0, torch.Generator().manual_seed(1))[0].to(dtype)
+    q = ModelGuardS(eps=0.5)
+    q.quantize(base)
+    perturbed = simulate_table(clean, lambda p, xi: _simulate(q, p), progress=False)
+    assert perturbed.dtype == torch.float32  # the quantizer's answers, not rounded back to half
+    assert torch.equal(perturbed, _simulate(q, clean))
+    queries = _simulate(q, pipeline_rows(10, "half_float16")[:50])
+    look = TableLookup(norm=1, tolerance=0.01).fit(clean, perturbed)
+    out = look.recover(queries)
+    wide = TableLookup(norm=1, tolerance=0.01).fit(clean.float(), perturbed).recover(queries)
+    assert out.dtype == torch.float32 and torch.equal(out, wide)
+    ref, counts = recover_reference((clean, perturbed), queries, 1, 0.01, True, return_counts=True)
+    assert (out - ref).abs().max() <= 1e-6 and torch.equal(look.last_counts, counts)
+
+
+@pytest.mark.parametrize("K,family", pipeline_params(10, 100))
+def test_epsilon_filter_agrees_with_the_quantizer(K, family, pipeline_rows):
+    # the ModelGuard-S table filter keeps exactly the pairs the frozen quantizer answered
+    # within eps (its own float64 test), for a codebook grown on the family's rows
+    y = pipeline_rows(K, family)
+    q = ModelGuardS(eps=0.3)
+    q.quantize(y)
+    clean, _ = dirichlet_table_clean(y, 2000, 8.0, torch.Generator().manual_seed(2))
+    perturbed = simulate_table(clean, lambda p, xi: _simulate(q, p), progress=False)
+    own = row_distance(perturbed.double(), clean.double(), "l1") <= q.eps
+    assert torch.equal(epsilon_keep_mask(clean, perturbed, q.eps), own)
+
+
+def test_epsilon_filter_keeps_a_pair_at_exactly_eps(pipeline_rows):
+    # eps equal to a pair's float64 distance: the quantizer answers the row with that
+    # centroid (within eps), but the float32 sum of |clean − centroid| rounds above
+    # float32(eps), so a float32 filter dropped the pair
+    rows = pipeline_rows(10, "lenet_pool")
+    cls = rows.argmax(1)
+    found = None
+    for i in range(rows.shape[0]):
+        for j in torch.nonzero(cls == cls[i]).squeeze(1).tolist():
+            if j <= i:
+                continue
+            d64 = float(row_distance(rows[i].double(), rows[j].double(), "l1"))
+            if float((rows[j] - rows[i]).abs().sum()) > float(torch.tensor(d64, dtype=torch.float32)):
+                found = (i, j, d64)
+                break
+        if found:
+            break
+    assert found is not None
+    i, j, eps = found
+    q = ModelGuardS(eps=eps)
+    q.quantize(rows[i:i + 1])  # the class's first centroid
+    answer = _simulate(q, rows[j:j + 1])
+    assert torch.equal(answer, rows[i:i + 1])  # within eps: the quantizer kept it
+    assert bool(epsilon_keep_mask(rows[j:j + 1], answer, eps).all())
