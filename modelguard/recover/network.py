@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from modelguard.defense.base import release_dtype
 from modelguard.recover.base import Recoverer
+from modelguard.utils.device import resolve_device
 
 HIDDEN_WIDTHS: dict[int, tuple[int, int]] = {
     10: (128, 64),
@@ -97,7 +98,7 @@ class RecoveryNetwork(Recoverer):
         self.lr_gamma = float(lr_gamma)
         self.train_mode_decode = bool(train_mode_decode)
         self.seed = int(seed)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.progress = bool(progress)
         self.net: nn.Sequential | None = None
         self.history: list[tuple[float, float]] = []

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.utils.device import resolve_device
 from modelguard.utils.io import file_lock, load_json, load_tensors, save_json, save_tensors
 
 
@@ -26,12 +27,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    wanted = str(cfg.device)
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={wanted} was asked for but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(wanted)
+    return resolve_device(cfg.device)
 
 
 @lru_cache(maxsize=4)
