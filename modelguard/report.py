@@ -147,6 +147,19 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def curve_splits(rows: list[dict[str, Any]], config: list[str]) -> list[str]:
+    """Config keys, besides attack, defense, quantizer and defense strength, that split a defense
+    into several curves of the trade-off plot: those that vary within one attack's panel. A key the
+    attack fixes (recover=network for attack=ddae) varies only across panels and splits nothing."""
+    by_attack: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_attack[str(r.get("choice/attack"))].append(r)
+    return [k for k in _informative(rows, config)
+            if k not in ("choice/attack", "choice/defense", "choice/quantize")
+            and not k.startswith(("defense.", "quantize."))
+            and any(_varying(members, [k]) for members in by_attack.values())]
+
+
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METRICS[0]) -> bool:
     """Utility/damage trade-off: one panel per attack, one curve per defense across its swept
     strength (the defense.*/quantize.* knobs that vary), mean ± std over seeds as error bars.
@@ -162,11 +175,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METR
     fig = Figure(figsize=(5.2 * len(attacks), 4.4), layout="constrained")
     axes = fig.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
     # A curve is a defense (plus the quantizer in front of it, when one is used); its strength is
-    # the defense.*/quantize.* knobs that vary among its own jobs. Any other varying config
-    # (besides attack and seed) splits a defense into several curves.
+    # the defense.*/quantize.* knobs that vary among its own jobs. Any other config that varies
+    # within one attack's panel (besides seed) splits a defense into several curves (curve_splits).
     use_quantize = any(r.get("choice/quantize", "none") != "none" for r in ok)
-    others = [k for k in _informative(ok, config) if k not in ("choice/attack", "choice/defense", "choice/quantize")
-              and not k.startswith(("defense.", "quantize."))]
+    others = curve_splits(ok, config)
 
     def curve_key(r: dict[str, Any]) -> tuple:
         name = str(r.get("choice/defense"))

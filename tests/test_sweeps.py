@@ -266,3 +266,35 @@ def test_killed_sweep_completes_on_relaunch(tmp_path):
         assert len(list(csv.DictReader(f))) == 4
     after = markers(root)
     assert all(after[k] == before[k] for k in before if k.startswith(done_job + "/"))
+
+
+@pytest.mark.slow
+def test_embedded_results_launcher_on_a_tiny_grid(tmp_path):
+    """launchers/embedded_results.sh end to end on smoke data: 3 defense labels (one behind
+    ModelGuard-S) x 2 attacks x 2 seeds in lanes, the report, the document; a rerun resumes
+    (recomputes nothing) and regenerates the document."""
+    sweep_dir, out = tmp_path / "sweeps" / "tiny", tmp_path / "docs" / "results.md"
+    env = {**os.environ, "MODELGUARD_CACHE": str(tmp_path / "cache"), "PYTHON": sys.executable,
+           "NAME": "tiny", "SWEEP_DIR": str(sweep_dir), "DOC": str(out), "DEFENSES": "none top1",
+           "QDEFENSES": "none", "ATTACKS": "naive bayes", "SEEDS": "0 1"}
+    cmd = ["bash", "launchers/embedded_results.sh", "experiment=smoke"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(sweep_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["choice/defense"], r["choice/quantize"]) for r in rows} == {
+        ("none", "none"), ("top1", "none"), ("none", "modelguard_s")}
+    text = out.read_text()
+    assert "bash launchers/embedded_results.sh experiment=smoke" in text
+    assert "| `none + modelguard_s` |" in text and "`bayes` recovered" in text
+    assert "| wall time |" in text and "were reused" not in text
+    for png in ("tradeoff_protected_acc", "tradeoff_l1_mean", "recovery_l1"):
+        assert (out.parent / "results" / f"{png}.png").exists()
+    assert len((sweep_dir / ".launcher" / "commands.txt").read_text().splitlines()) == 2 + 1 + 8
+
+    before = markers(sweep_dir)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert markers(sweep_dir) == before
+    assert "12 of 12 finished jobs were reused" in out.read_text()
