@@ -43,13 +43,13 @@ objective by well under 1e-12.
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 
 from modelguard.defense.base import release_dtype
+from modelguard.utils.checks import check_number
 
 __all__ = ["solve_mld", "solve_mld_lp", "min_feasible_eps"]
 
@@ -71,10 +71,8 @@ def _check_args(probs: torch.Tensor, eps, margin: float, log_delta: float) -> to
             f"solve_mld takes a floating [batch, classes] tensor of probabilities, got shape "
             f"{tuple(probs.shape)} and dtype {probs.dtype}; add a batch dimension with probs[None]"
         )
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin={margin!r} is invalid: it must be a finite number ≥ 0 (spec default 1e-4)")
-    if not (isinstance(log_delta, (int, float)) and math.isfinite(log_delta) and log_delta > 0):
-        raise ValueError(f"log_delta={log_delta!r} is invalid: it must be a finite number > 0 (spec default 1e-6)")
+    check_number(margin, "margin", low=0, fix="pass margin=1e-4 (the spec default)")
+    check_number(log_delta, "log_delta", low=0, low_open=True, fix="pass log_delta=1e-6 (the spec default)")
     B, K = probs.shape
     if torch.is_tensor(eps):
         e = eps.detach().to(device=probs.device, dtype=_F64).reshape(-1)
@@ -83,9 +81,8 @@ def _check_args(probs: torch.Tensor, eps, margin: float, log_delta: float) -> to
         if e.numel() != B:
             raise ValueError(f"eps must be a float or a [batch] tensor; got {e.numel()} values for a batch of {B}")
     else:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise ValueError(f"eps={eps!r} is invalid: it must be a float or a [batch] tensor")
-        e = torch.full((B,), float(eps), dtype=_F64, device=probs.device)
+        eps = check_number(eps, "eps", note="or a [batch] tensor", fix="pass e.g. eps=1.0")
+        e = torch.full((B,), eps, dtype=_F64, device=probs.device)
     if B == 0:
         return e
     if not bool(torch.isfinite(e).all()):
