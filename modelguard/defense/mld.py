@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from modelguard.defense.base import Defense, check_probs
-from modelguard.defense.mld_solver import solve_mld, solve_mld_lp
+from modelguard.defense.mld_lp import solve_mld_lp
+from modelguard.defense.mld_solver import solve_mld
 from modelguard.utils.checks import check_number
 
 _BUDGETS = ("per_sample", "batch")
