@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modelguard.defense.base import release_dtype
+from modelguard.defense.base import release_dtype, row_chunks
 from modelguard.utils.checks import check_number
 
 __all__ = ["solve_mld", "min_feasible_eps"]
@@ -631,8 +631,7 @@ def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: boo
     if m is None:
         m = y.argmax(1)
     outs, objs = [], []
-    for lo in range(0, B, _CHUNK):
-        hi = lo + _CHUNK
+    for lo, hi in row_chunks(B, _CHUNK):
         o, v = _solve_chunk(y[lo:hi], e[lo:hi].contiguous(), mu, delta, numpy, m[lo:hi])
         outs.append(o)
         objs.append(v)
