@@ -116,7 +116,8 @@ class RecoveryNetwork(Recoverer):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.train_mode_decode = bool(train_mode_decode)
-        self.seed = int(seed)
+        self.seed = check_number(seed, "recover.seed", integer=True,
+                                 fix="set recover.seed=${seed} (the run's seed)")
         self.device = resolve_device(device)
         self.progress = bool(progress)
         self.net: nn.Sequential | None = None
