@@ -89,15 +89,15 @@ class ModelGuardS(Quantizer):
         self.eps = check_number(eps, "quantize.eps", low=0, low_open=True,
                                 fix="set quantize.eps=1.0 (the grid value)")
         if not isinstance(norm, str) or norm.lower() not in _NORMS:
-            raise ValueError(f"ModelGuardS: norm must be one of {list(_NORMS)}, got {norm!r}; "
-                             f"fix it with quantize.norm=l1 (the grid value)")
+            raise ValueError(f"quantize.norm={norm!r} is invalid: norm must be one of {list(_NORMS)}; "
+                             f"set quantize.norm=l1 (the grid value)")
         self.norm = norm.lower()
         if not isinstance(frozen, bool):
             if isinstance(frozen, numbers.Integral) and int(frozen) in (0, 1):
                 frozen = bool(frozen)
             else:
-                raise TypeError(f"ModelGuardS: frozen must be a bool, got {frozen!r}; "
-                                f"fix it with quantize.frozen=false or quantize.frozen=true")
+                raise ValueError(f"quantize.frozen={frozen!r} is invalid: frozen must be true or false; "
+                                 f"set quantize.frozen=false or quantize.frozen=true")
         self.frozen = frozen
         self.dirichlet_candidates = check_number(
             dirichlet_candidates, "quantize.dirichlet_candidates", low=0, integer=True,
