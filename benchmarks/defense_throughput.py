@@ -57,7 +57,7 @@ def defense_fn(defense, k: int, device: str):
 
 
 def cbc_seconds_per_row(k: int, n: int) -> float:
-    from modelguard.defense.mld_solver import solve_mld_lp
+    from modelguard.defense.mld_lp import solve_mld_lp
     probs = victim_like(n, k, seed=2).double()
     times = []
     for i in range(n):

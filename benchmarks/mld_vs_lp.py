@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from modelguard.defense.mld_solver import solve_mld, solve_mld_lp
+from modelguard.defense.mld_lp import solve_mld_lp
+from modelguard.defense.mld_solver import solve_mld
 
 
 def make_inputs(rows: int, K: int, family: str = "peaked", seed: int = 0,

@@ -24,7 +24,8 @@ from typing import Callable
 
 import torch
 
-from modelguard.recover.table import TableLookup, dirichlet_table_clean, recover_reference, simulate_table
+from modelguard.recover.lookup import TableLookup, recover_reference
+from modelguard.recover.table import dirichlet_table_clean, simulate_table
 
 RS_BETA = {10: 0.21, 100: 0.02, 200: 0.011, 256: 0.008}
 

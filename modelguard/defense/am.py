@@ -1,12 +1,11 @@
 """Adaptive Misinformation (Kariyappa & Qureshi): low-confidence queries get a misinformation answer (spec §5)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from modelguard.defense.base import Defense, check_probs, release_dtype
+from modelguard.utils.checks import check_number
 
 GATE_SLOPE = 1000.0  # the gate is sigmoid(1000·(τ − y_max)), §5.2
 MISINFO_SMOOTH = 1e-7  # log(1 − p + 1e-7) in the misinformation loss, §5.1
@@ -56,12 +55,9 @@ class AdaptiveMisinformation(Defense):
         adaptive: bool = True,
         misinformation_model: torch.nn.Module | None = None,
     ):
-        number = isinstance(tau, (int, float)) and not isinstance(tau, bool)
-        if not number or not math.isfinite(tau) or not 0.0 <= tau <= 1.0:
-            raise ValueError(
-                f"defense.tau={tau!r} is invalid: tau must be a number in [0, 1] (the confidence "
-                "threshold, or the fixed mixing weight when adaptive=false); set defense.tau=0.7"
-            )
+        check_number(tau, "defense.tau", low=0, high=1,
+                     note="the confidence threshold, or the fixed mixing weight when adaptive=false",
+                     fix="set defense.tau=0.7")
         if not isinstance(adaptive, bool):
             raise ValueError(
                 f"defense.adaptive={adaptive!r} is invalid: adaptive must be true or false; "

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
-from modelguard.defense.base import Defense, check_probs, release_dtype, strict_top1
+from modelguard.defense.base import Defense, check_probs, release_dtype, row_distance, strict_top1
+from modelguard.utils.checks import check_number
 
 BUMP = 1e-5  # added to the top class of every vertex candidate before normalising (§4.3)
 SMOOTH = 1e-8  # y + 1e-8, renormalised, inside the objective of the K > 10 path (§4.3)
@@ -201,8 +201,7 @@ def _oracle_extreme(y: torch.Tensor, p: torch.Tensor | None, objective: str) -> 
 def line_search(y: torch.Tensor, ystar: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Pull the target back into the ball (§4.4): ``α = clip(ε/(‖y − y*‖ + 1e-7), 0, 1)``,
     ``y' = (1 − α)·y + α·y*``. ``‖y' − y‖ = α‖y* − y‖ < ε`` always."""
-    diff = ystar - y
-    dist = diff.abs().sum(1, keepdim=True) if norm == "l1" else diff.norm(dim=1, keepdim=True)
+    dist = row_distance(ystar, y, "l1" if norm == "l1" else "l2_linalg").unsqueeze(1)
     alpha = (eps / (dist + DENOM_GUARD)).clamp(0.0, 1.0)
     return (1.0 - alpha) * y + alpha * ystar
 
@@ -247,11 +246,8 @@ class MAD(Defense):
         objective: str = "angular",
         proxy: torch.nn.Module | None = None,
     ):
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(
-                f"defense.eps={eps!r} is invalid: eps must be a finite number ≥ 0 (the utility "
-                "budget ‖y' − y‖); set defense.eps=1.0"
-            )
+        check_number(eps, "defense.eps", low=0, note="the utility budget ‖y' − y‖",
+                     fix="set defense.eps=1.0")
         if norm not in NORMS:
             raise ValueError(f"defense.norm={norm!r} is invalid: norm must be one of {NORMS}; set defense.norm=l1")
         if oracle not in ORACLES:

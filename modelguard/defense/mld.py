@@ -1,12 +1,12 @@
 """ModelGuard-W (strategy ``mld``): the argmax-preserving, cross-entropy-maximising LP (spec §6)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from modelguard.defense.base import Defense, check_probs
-from modelguard.defense.mld_solver import solve_mld, solve_mld_lp
+from modelguard.defense.mld_lp import solve_mld_lp
+from modelguard.defense.mld_solver import solve_mld
+from modelguard.utils.checks import check_number
 
 _BUDGETS = ("per_sample", "batch")
 _BACKENDS = ("exact", "lp")
@@ -34,11 +34,8 @@ class ModelGuardW(Defense):
 
     def __init__(self, eps: float = 1.0, budget: str = "per_sample", backend: str = "exact",
                  margin: float = 1e-4, log_delta: float = 1e-6):
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(
-                f"defense.eps={eps!r} is invalid: the L1 budget must be a finite number > 0 "
-                "(the grid uses 1.0); set e.g. defense.eps=1.0"
-            )
+        eps = check_number(eps, "defense.eps", low=0, low_open=True,
+                           note="the L1 budget; the grid uses 1.0", fix="set defense.eps=1.0")
         if budget not in _BUDGETS:
             raise ValueError(
                 f"defense.budget={budget!r} is invalid: allowed values are {', '.join(_BUDGETS)}; "
@@ -55,21 +52,13 @@ class ModelGuardW(Defense):
                 "exact solver handles only per-sample budgets; set defense.backend=lp, or use "
                 "defense.budget=per_sample"
             )
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-            raise ValueError(
-                f"defense.margin={margin!r} is invalid: it must be a finite number ≥ 0; "
-                "set defense.margin=1e-4 (the original's value)"
-            )
-        if isinstance(log_delta, bool) or not isinstance(log_delta, (int, float)) or not math.isfinite(log_delta) or log_delta <= 0:
-            raise ValueError(
-                f"defense.log_delta={log_delta!r} is invalid: it must be a finite number > 0; "
-                "set defense.log_delta=1e-6 (the original's value)"
-            )
-        self.eps = float(eps)
+        self.eps = eps
         self.budget = budget
         self.backend = backend
-        self.margin = float(margin)
-        self.log_delta = float(log_delta)
+        self.margin = check_number(margin, "defense.margin", low=0,
+                                   fix="set defense.margin=1e-4 (the original's value)")
+        self.log_delta = check_number(log_delta, "defense.log_delta", low=0, low_open=True,
+                                      fix="set defense.log_delta=1e-6 (the original's value)")
         self.last_objective: torch.Tensor | None = None
 
     def perturb(self, probs: torch.Tensor, xinfo: torch.Tensor | None = None) -> torch.Tensor:

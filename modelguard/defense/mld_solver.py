@@ -4,17 +4,16 @@ Per row, with c_j = log(y_j + δ) and m = argmax y (first max), the LP of spec �
 
     minimise Σ_j c_j y'_j   s.t.  y' ∈ simplex,  ‖y' − y‖_1 ≤ ε,  y'_m − y'_j ≥ μ  (j ≠ m).
 
-Two backends:
-
-- :func:`solve_mld` — exact, batched, torch (CPU or CUDA), float64 internally.
-- :func:`solve_mld_lp` — the reference LP built with PuLP and solved by CBC, exactly the
-  formulation of spec §6.2 (per row, or one batch-wide model with a shared budget).
+:func:`solve_mld` is exact and batched, in torch (CPU or CUDA), float64 internally. The
+reference LP built with PuLP and solved by CBC is :func:`~modelguard.defense.mld_lp.solve_mld_lp`
+(module ``mld_lp``; still importable from here).
 
 How :func:`solve_mld` works (spec §6.4 gives the ingredients; the 1-D search is ours):
 
-1. Sort the non-top classes by y (= by cost), descending, ties by class index (one sort per
-   row), and take the exclusive prefix sums of s, of the sorted costs g and of g·s.
-2. For a fixed top value T the inner problem is the greedy of spec §6.4 (drain the most
+1. ``_sort_tables``: sort the non-top classes by y (= by cost), descending, ties by class
+   index (one sort per row), and take the exclusive prefix sums of s, of the sorted costs g
+   and of g·s.
+2. ``_evaluate``: for a fixed top value T the inner problem is the greedy of spec §6.4 (drain the most
    expensive classes, fill the cheapest up to T − μ, stop at the budget or where the two
    pointers meet). Every quantity in it is written in closed form from the prefix sums and
    three indices (how many classes are above the cap, where the drain stops, where the fill
@@ -24,7 +23,8 @@ How :func:`solve_mld` works (spec §6.4 gives the ingredients; the 1-D search is
    elsewhere, with identical arithmetic; finished rows leave the set without copying tables.
    The same pass carries the one-sided derivative dV/dT along (forward-mode, with the
    one-sided rule at kinks), i.e. the slope of the linear piece of V next to T.
-3. V is convex and piecewise linear on [T_lo, T_hi] (closed-form ends, spec §6.4 step 3).
+3. ``_feasible_interval``, ``_search``: V is convex and piecewise linear on [T_lo, T_hi]
+   (closed-form ends, spec §6.4 step 3).
    If the right slope at T_lo is ≥ 0 the answer is T_lo (the closed-form "top cut"; most
    peaked rows stop here), if the left slope at T_hi is ≤ 0 it is T_hi. Otherwise we run the
    1-D cutting-plane (Kelley) method: intersect the supporting lines at the two bracket ends,
@@ -32,7 +32,7 @@ How :func:`solve_mld` works (spec §6.4 gives the ingredients; the 1-D search is
    adds the line of a new piece, so it ends after finitely many steps at an exact breakpoint
    (no golden-section search, no tolerance on T). Measured: ~80% of peaked rows stop at
    T_lo; the rest take 1–7 steps; flat Dirichlet(10) rows at K = 256 take 6–10.
-4. Rebuild y' from the three indices at T*, scatter back to class order.
+4. ``_rebuild``: rebuild y' from the three indices at T*, scatter back to class order.
 
 Tie rule (spec §6.6, §12.1): among equal costs the lower class index is drained first and
 the higher index is filled first. The sort key keeps the top 44 mantissa bits of y (for
@@ -43,15 +43,13 @@ objective by well under 1e-12.
 """
 from __future__ import annotations
 
-import math
-import warnings
-
 import numpy as np
 import torch
 
-from modelguard.defense.base import release_dtype
+from modelguard.defense.base import release_dtype, row_chunks
+from modelguard.utils.checks import check_number
 
-__all__ = ["solve_mld", "solve_mld_lp", "min_feasible_eps"]
+__all__ = ["solve_mld", "min_feasible_eps"]
 
 _F64 = torch.float64
 _KINK_TOL = 1e-12  # two branch values closer than this are treated as a kink (one-sided rule)
@@ -71,10 +69,8 @@ def _check_args(probs: torch.Tensor, eps, margin: float, log_delta: float) -> to
             f"solve_mld takes a floating [batch, classes] tensor of probabilities, got shape "
             f"{tuple(probs.shape)} and dtype {probs.dtype}; add a batch dimension with probs[None]"
         )
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin={margin!r} is invalid: it must be a finite number ≥ 0 (spec default 1e-4)")
-    if not (isinstance(log_delta, (int, float)) and math.isfinite(log_delta) and log_delta > 0):
-        raise ValueError(f"log_delta={log_delta!r} is invalid: it must be a finite number > 0 (spec default 1e-6)")
+    check_number(margin, "margin", low=0, fix="pass margin=1e-4 (the spec default)")
+    check_number(log_delta, "log_delta", low=0, low_open=True, fix="pass log_delta=1e-6 (the spec default)")
     B, K = probs.shape
     if torch.is_tensor(eps):
         e = eps.detach().to(device=probs.device, dtype=_F64).reshape(-1)
@@ -83,9 +79,8 @@ def _check_args(probs: torch.Tensor, eps, margin: float, log_delta: float) -> to
         if e.numel() != B:
             raise ValueError(f"eps must be a float or a [batch] tensor; got {e.numel()} values for a batch of {B}")
     else:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise ValueError(f"eps={eps!r} is invalid: it must be a float or a [batch] tensor")
-        e = torch.full((B,), float(eps), dtype=_F64, device=probs.device)
+        eps = check_number(eps, "eps", note="or a [batch] tensor", fix="pass e.g. eps=1.0")
+        e = torch.full((B,), eps, dtype=_F64, device=probs.device)
     if B == 0:
         return e
     if not bool(torch.isfinite(e).all()):
@@ -381,25 +376,20 @@ def _evaluate(o, tb: _Tab, R: _Rv, T, direction: float, mu: float):
     return V, dV, (T, V, U, D, Pj, part, f, j, lstar)
 
 
-def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, use_numpy: bool,
-                 m: torch.Tensor):
-    """Exact optimum for a float64 [B, K] chunk (K ≥ 2) of rows that sum to 1 to float64
-    rounding, with top classes ``m`` [B]. Returns (y', objective) in float64.
+def _sort_tables(y: torch.Tensor, m: torch.Tensor, delta: float):
+    """Step 1: one sort per row and the search tables.
 
-    The one-off O(K) work per row (sort, prefix sums, T_lo, rebuild) is a handful of torch ops
-    on [B, K]; the search, O(log K) per row and evaluation, runs many small ops on [rows]
-    vectors, in numpy when ``use_numpy`` (CPU only: a numpy op costs far less fixed overhead
-    than a torch op) or in torch. Both run the same arithmetic and give identical results.
+    Returns ``(order, X)``: ``order`` [B, K] the classes in sorted position (column 0 the top
+    class ``m`` [B, 1], then the others by y descending, ties by class index) and ``X`` one
+    [5, B, W] block (W = 2^k ≥ K) holding the rows s, g, S, G, GS: column c of s and g is
+    sorted position c − 1 (column 0: the top class), column i of S, G, GS the exclusive
+    prefix sum up to position i; columns ≥ K (only when K is not a power of 2) hold NaN, so
+    every comparison the binary searches make there is false.
     """
     B, K = y.shape
-    n = K - 1
-    kb = n.bit_length()
-    W = 1 << kb  # row stride of the search tables, ≥ n + 1
+    W = 1 << (K - 1).bit_length()
     dev = y.device
-    m = m.unsqueeze(1)
-    ym2 = y.gather(1, m)  # [B, 1]
-
-    # ---- one sort: key = (y descending, class index ascending), top class forced first ----
+    # key = (y descending, class index ascending), top class forced first
     ibits = max(1, (K - 1).bit_length())
     lowmask = (1 << ibits) - 1
     low = lowmask - torch.arange(K, device=dev, dtype=torch.int64)
@@ -413,10 +403,6 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     order = lowmask - (ks.neg_().view(torch.int64) & lowmask)  # [B, K], top class first
     order[:, :1] = m
 
-    # ---- search tables, one [5, B, W] block: rows of s, g, S, G, GS. Column c of s and g
-    # holds sorted position c − 1 (column 0: the top class), column i of S, G, GS the
-    # exclusive prefix sum up to position i; columns ≥ K (only when K is not a power of 2)
-    # hold NaN, so every comparison the binary searches make there is false.
     X = torch.empty(5, B, W, dtype=_F64, device=dev)
     if W == K:
         torch.gather(y, 1, order, out=X[0])
@@ -429,20 +415,21 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     X[2:4, :, 0] = 0.0
     torch.mul(X[2], X[3], out=X[4])
     X[2:5, :, :K].cumsum_(2)
-    sF = X[0, :, :K]  # [B, K]
-    S = X[2, :, :K]
-    ym = ym2.squeeze(1)
-    cm = X[1, :, 0]
-    rowsB_t = torch.arange(B, device=dev)
-    Sn, Gn, GSn = X[2:5, :, n]
+    return order, X
 
-    # ---- feasible interval of T (spec §6.4 step 3) ----
-    ar = torch.arange(n + 1, device=dev, dtype=_F64).unsqueeze(0)
+
+def _feasible_interval(S: torch.Tensor, ym2: torch.Tensor, eps: torch.Tensor, mu: float):
+    """Step 2: the interval [T_lo, T_hi] of feasible top values (spec §6.4 step 3), from the
+    exclusive prefix sums ``S`` [B, K] of the sorted row and the top values ``ym2`` [B, 1]."""
+    K = S.shape[1]
+    n = K - 1
+    ar = torch.arange(n + 1, device=S.device, dtype=_F64).unsqueeze(0)
     T_flat = (1.0 + n * mu) / K
     T_lo = ((S + (ar * mu + (ym2 - 0.5 * eps.unsqueeze(1)))) * (1.0 / (ar + 1.0))).amax(1).clamp(min=T_flat)
     # The L1 needed at T is 2·max(y_m − T + F, F, T − y_m) (F = forced cut). Spec §6.4 step 3
     # keeps only the first term; above y_m (ties at the top with a small ε) F ≤ ε/2 binds:
     # T ≥ max_k (S_k + kμ − ε/2)/k.
+    ym = ym2.squeeze(1)
     over = T_lo > ym
     if bool(over.any()):
         ar1 = ar[:, 1:]
@@ -450,28 +437,37 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
         T_lo = torch.where(over, torch.maximum(T_lo, lines2.amax(1)), T_lo)
     T_hi = torch.clamp(ym + 0.5 * eps, max=1.0)
     T_lo = torch.minimum(T_lo, T_hi)
+    return T_lo, T_hi
 
-    # ---- the search, on [rows] vectors, in numpy or torch ----
-    if use_numpy:
-        o = _NumpyOps
-        cv = torch.Tensor.numpy
-    else:
-        o = _TorchOps
-        cv = lambda t: t  # noqa: E731
+
+def _search_state(X: torch.Tensor, K: int, ym: torch.Tensor, eps: torch.Tensor, cv):
+    """The search's view of the tables: ``_Tab`` (flat arrays with row stride W) and ``_Rv``
+    (the per-row scalars), converted by ``cv`` (to numpy, or kept as torch)."""
+    _, B, W = X.shape
+    n = K - 1
     Xf = cv(X.view(-1))
     tb = _Tab()
     tb.n = n
-    tb.steps = [1 << b for b in range(kb - 1, -1, -1)]
+    tb.steps = [1 << b for b in range(n.bit_length() - 1, -1, -1)]
     BW = B * W
     tb.s, tb.g, tb.S, tb.G, tb.GS = Xf[1:], Xf[BW + 1:], Xf[2 * BW:], Xf[3 * BW:], Xf[4 * BW:]
     R = _Rv()
-    R.base = cv(rowsB_t * W)
+    R.base = cv(torch.arange(B, device=X.device) * W)
+    Sn, Gn, GSn = X[2:5, :, n]
+    cm = X[1, :, 0]
     R.ym, R.cm, R.eps, R.Sn, R.Gn, R.GSn = (cv(v.contiguous()) for v in (ym, cm, eps, Sn, Gn, GSn))
-    T_lo, T_hi = cv(T_lo), cv(T_hi)
-    rowsB = cv(rowsB_t)
-    like = T_lo
+    return tb, R
 
-    # results at T* per row: T, V, U, D, Pj, part (float) and f, j, l* (int)
+
+def _search(o, tb: _Tab, R: _Rv, T_lo, T_hi, mu: float) -> list:
+    """Step 3: the optimal T per row and the structure to rebuild y' there.
+
+    Returns the nine [B] arrays T, V, U, D, Pj, part (float) and f, j, l* (int) of
+    :func:`_evaluate` at T*. The closed-form ends first (right slope at T_lo ≥ 0: T_lo;
+    left slope at T_hi ≤ 0: T_hi), then the cutting plane for the remaining rows.
+    """
+    B = T_lo.shape[0]
+    like = T_lo
     res = [o.zeros(B, like) for _ in range(6)] + [o.zeros(B, like, int_=True) for _ in range(3)]
 
     def store(rows, st, sel):
@@ -487,58 +483,61 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     Va, ga, st = _evaluate(o, tb, R, T_lo, 1.0, mu)
     done = (ga >= 0) | (T_hi - T_lo <= 1e-15)
     if o.allb(done):
-        res = list(st)
-    else:
-        store(rowsB, st, o.nz(done))
-        rows = o.nz(~done)
-        Ra = R.select(rows)
-        a, Va, ga = T_lo[rows], Va[rows], ga[rows]
-        b = T_hi[rows]
-        Vb, dVb, st = _evaluate(o, tb, Ra, b, -1.0, mu)
-        gb = -dVb
-        done = gb <= 0
-        if o.anyb(done):
-            store(rows, st, o.nz(done))
-            keep = o.nz(~done)
+        return list(st)
+    store(o.arange(B, like), st, o.nz(done))
+    rows = o.nz(~done)
+    Ra = R.select(rows)
+    a, Va, ga = T_lo[rows], Va[rows], ga[rows]
+    b = T_hi[rows]
+    # ---- right end: T_hi when V does not increase to its left ----
+    Vb, dVb, st = _evaluate(o, tb, Ra, b, -1.0, mu)
+    gb = -dVb
+    done = gb <= 0
+    if o.anyb(done):
+        store(rows, st, o.nz(done))
+        keep = o.nz(~done)
+        rows, Ra = rows[keep], Ra.select(keep)
+        a, Va, ga, b, Vb, gb = a[keep], Va[keep], ga[keep], b[keep], Vb[keep], gb[keep]
+    # ---- cutting plane on [a, b]: lines through (a, Va) slope ga < 0 and (b, Vb) slope
+    # gb > 0. Their intersection t carries the lower bound L = max(line_a, line_b)(t) ≤
+    # min V; if V(t) ≤ L (+ rounding) t is optimal. Otherwise t replaces the end on its
+    # side, adding the line of a new piece, so the loop ends after finitely many steps.
+    it = 0
+    while rows.shape[0] > 0:
+        it += 1
+        t = o.mn(o.mx((Vb - Va + ga * a - gb * b) / (ga - gb), a), b)
+        L = Va + ga * (t - a)
+        Vt, gt, st = _evaluate(o, tb, Ra, t, 1.0, mu)
+        conv = (Vt - L <= _STOP_TOL * (1.0 + o.abs(Vt))) | (gt == 0) | (b - a <= 1e-15)
+        if it >= _MAX_CUTS:
+            conv = conv | True
+        if o.anyb(conv):
+            if o.allb(conv):
+                store(rows, st, None)
+                break
+            store(rows, st, o.nz(conv))
+            keep = o.nz(~conv)
             rows, Ra = rows[keep], Ra.select(keep)
             a, Va, ga, b, Vb, gb = a[keep], Va[keep], ga[keep], b[keep], Vb[keep], gb[keep]
-        # ---- cutting plane on [a, b]: lines through (a, Va) slope ga < 0 and (b, Vb) slope
-        # gb > 0. Their intersection t carries the lower bound L = max(line_a, line_b)(t) ≤
-        # min V; if V(t) ≤ L (+ rounding) t is optimal. Otherwise t replaces the end on its
-        # side, adding the line of a new piece, so the loop ends after finitely many steps.
-        it = 0
-        while rows.shape[0] > 0:
-            it += 1
-            t = o.mn(o.mx((Vb - Va + ga * a - gb * b) / (ga - gb), a), b)
-            L = Va + ga * (t - a)
-            Vt, gt, st = _evaluate(o, tb, Ra, t, 1.0, mu)
-            conv = (Vt - L <= _STOP_TOL * (1.0 + o.abs(Vt))) | (gt == 0) | (b - a <= 1e-15)
-            if it >= _MAX_CUTS:
-                conv = conv | True
-            if o.anyb(conv):
-                if o.allb(conv):
-                    store(rows, st, None)
-                    break
-                store(rows, st, o.nz(conv))
-                keep = o.nz(~conv)
-                rows, Ra = rows[keep], Ra.select(keep)
-                a, Va, ga, b, Vb, gb = a[keep], Va[keep], ga[keep], b[keep], Vb[keep], gb[keep]
-                t, Vt, gt = t[keep], Vt[keep], gt[keep]
-            left = gt < 0
-            a = o.where(left, t, a)
-            Va = o.where(left, Vt, Va)
-            ga = o.where(left, gt, ga)
-            b = o.where(left, b, t)
-            Vb = o.where(left, Vb, Vt)
-            gb = o.where(left, gb, gt)
+            t, Vt, gt = t[keep], Vt[keep], gt[keep]
+        left = gt < 0
+        a = o.where(left, t, a)
+        Va = o.where(left, Vt, Va)
+        ga = o.where(left, gt, ga)
+        b = o.where(left, b, t)
+        Vb = o.where(left, Vb, Vt)
+        gb = o.where(left, gb, gt)
+    return res
 
-    if use_numpy:
-        res = [torch.from_numpy(r_) for r_ in res]
+
+def _rebuild(y: torch.Tensor, order: torch.Tensor, sF: torch.Tensor, res: list):
+    """Step 4: y' from the indices at T* (``res`` as returned by :func:`_search`, torch),
+    in sorted order (column c = position c − 1, column 0 = top), scattered back to class
+    order. Returns (y', V*)."""
     T_out, V_out, U, D, Pj, part, f, j, lst = (r_.unsqueeze(1) for r_ in res)
-
-    # ---- rebuild y' in sorted order (column c = position c − 1, column 0 = top), scatter back ----
+    n = y.shape[1] - 1
     w = torch.minimum(sF, U)
-    arn = torch.arange(-1, n, device=dev, dtype=torch.int64).unsqueeze(0)
+    arn = torch.arange(-1, n, device=y.device, dtype=torch.int64).unsqueeze(0)
     v = w * (arn > j)  # drained: positions < j; position j keeps what the drain left
     j1 = j + 1
     wj = w.gather(1, j1)
@@ -552,6 +551,32 @@ def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, us
     out = torch.empty_like(y)
     out.scatter_(1, order, v)
     return out, V_out.squeeze(1)
+
+
+def _solve_chunk(y: torch.Tensor, eps: torch.Tensor, mu: float, delta: float, use_numpy: bool,
+                 m: torch.Tensor):
+    """Exact optimum for a float64 [B, K] chunk (K ≥ 2) of rows that sum to 1 to float64
+    rounding, with top classes ``m`` [B]. Returns (y', objective) in float64.
+
+    The one-off O(K) work per row (sort, prefix sums, T_lo, rebuild) is a handful of torch ops
+    on [B, K]; the search, O(log K) per row and evaluation, runs many small ops on [rows]
+    vectors, in numpy when ``use_numpy`` (CPU only: a numpy op costs far less fixed overhead
+    than a torch op) or in torch. Both run the same arithmetic and give identical results.
+    """
+    K = y.shape[1]
+    m = m.unsqueeze(1)
+    ym2 = y.gather(1, m)  # [B, 1]
+    order, X = _sort_tables(y, m, delta)
+    T_lo, T_hi = _feasible_interval(X[2, :, :K], ym2, eps, mu)
+    if use_numpy:
+        o, cv = _NumpyOps, torch.Tensor.numpy
+    else:
+        o, cv = _TorchOps, (lambda t: t)
+    tb, R = _search_state(X, K, ym2.squeeze(1), eps, cv)
+    res = _search(o, tb, R, cv(T_lo), cv(T_hi), mu)
+    if use_numpy:
+        res = [torch.from_numpy(r_) for r_ in res]
+    return _rebuild(y, order, X[0, :, :K], res)
 
 
 def simplex_rows(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -597,7 +622,6 @@ def solve_mld(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: float =
     return out.to(out_dtype), obj
 
 
-
 def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: bool,
            m: torch.Tensor | None = None):
     """Chunked exact solve of float64 rows ``y`` (renormalised) with budgets ``e`` and top
@@ -607,8 +631,7 @@ def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: boo
     if m is None:
         m = y.argmax(1)
     outs, objs = [], []
-    for lo in range(0, B, _CHUNK):
-        hi = lo + _CHUNK
+    for lo, hi in row_chunks(B, _CHUNK):
         o, v = _solve_chunk(y[lo:hi], e[lo:hi].contiguous(), mu, delta, numpy, m[lo:hi])
         outs.append(o)
         objs.append(v)
@@ -617,74 +640,10 @@ def _solve(y: torch.Tensor, e: torch.Tensor, mu: float, delta: float, numpy: boo
     return out, obj
 
 
-# ----------------------------------------------------------------------------------------
-# reference LP (PuLP + CBC), spec §6.2
+def __getattr__(name: str):
+    # solve_mld_lp moved to mld_lp (it imports this module, so no import at the top)
+    if name == "solve_mld_lp":
+        from modelguard.defense.mld_lp import solve_mld_lp
 
-
-def solve_mld_lp(probs: torch.Tensor, eps, margin: float = 1e-4, log_delta: float = 1e-6,
-                 batch_constraint: bool = False):
-    """The ModelGuard-W LP exactly as in spec §6.2, solved by CBC through PuLP.
-
-    One model per row (``batch_constraint=False``) or one model for the batch with the
-    shared budget Σ_ij z_ij ≤ eps (``batch_constraint=True``; eps must then be a float).
-    Returns ``(released, objective)`` like :func:`solve_mld`; the objective is Σ_j c_j y'_j
-    per row at CBC's solution.
-
-    The costs are computed in float64. The original computed them in float32, where every
-    y below about 1e-13 gets exactly the same cost, so its LPs are more often degenerate and
-    CBC then returns an arbitrary optimal vertex (spec §6.6, §12.1); the optimal value is
-    unaffected beyond float32 rounding of c.
-    """
-    import pulp
-
-    if probs.dim() != 2 or not probs.is_floating_point():
-        raise ValueError(f"solve_mld_lp takes a floating [batch, classes] tensor, got {tuple(probs.shape)} {probs.dtype}")
-    B, K = probs.shape
-    y_t, m_t = simplex_rows(probs)
-    y, m = y_t.cpu().numpy(), m_t.cpu().numpy()
-    if batch_constraint:
-        if torch.is_tensor(eps) or isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise ValueError(f"batch_constraint=True takes one float eps for the whole batch, got {eps!r}")
-        e_rows = None
-    else:
-        e_rows = _check_args(probs, eps, margin, log_delta).cpu().numpy()
-    c = np.log(y + log_delta)
-
-    def build(prob, rows):
-        yv, zv = {}, {}
-        new_var = getattr(prob, "add_variable", None) or pulp.LpVariable  # PuLP ≥ 3.3 / older
-        for i in rows:
-            for jj in range(K):
-                yv[i, jj] = new_var(f"y_{i}_{jj}", 0.0, 1.0)
-                zv[i, jj] = new_var(f"z_{i}_{jj}", 0.0)
-        prob += pulp.lpSum(float(c[i, jj]) * yv[i, jj] for i in rows for jj in range(K))
-        for i in rows:
-            prob += pulp.lpSum(yv[i, jj] for jj in range(K)) == 1.0
-            for jj in range(K):
-                prob += zv[i, jj] >= yv[i, jj] - float(y[i, jj])
-                prob += zv[i, jj] >= float(y[i, jj]) - yv[i, jj]
-                if jj != m[i]:
-                    prob += yv[i, m[i]] - yv[i, jj] >= margin
-            if not batch_constraint:
-                prob += pulp.lpSum(zv[i, jj] for jj in range(K)) <= float(e_rows[i])
-        if batch_constraint:
-            prob += pulp.lpSum(zv[i, jj] for i in rows for jj in range(K)) <= float(eps)
-        return yv
-
-    out = np.zeros_like(y)
-    with warnings.catch_warnings():  # PuLP 3.3 flags PULP_CBC_CMD for removal in 4.0
-        warnings.simplefilter("ignore", DeprecationWarning)
-        solver = pulp.PULP_CBC_CMD(msg=False)
-    groups = [list(range(B))] if batch_constraint else [[i] for i in range(B)]
-    for rows in groups:
-        prob = pulp.LpProblem("mld", pulp.LpMinimize)
-        yv = build(prob, rows)
-        status = prob.solve(solver)
-        if pulp.LpStatus[status] != "Optimal":
-            raise RuntimeError(f"CBC did not solve the ModelGuard-W LP (status {pulp.LpStatus[status]}) for rows {rows[:3]}...")
-        for i in rows:
-            for jj in range(K):
-                out[i, jj] = yv[i, jj].varValue
-    obj = torch.from_numpy((c * out).sum(axis=1))
-    released = torch.from_numpy(out).to(dtype=release_dtype(probs.dtype), device=probs.device)
-    return released, obj.to(probs.device)
+        return solve_mld_lp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

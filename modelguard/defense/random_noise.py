@@ -1,11 +1,10 @@
 """Random noise in logit space, projected onto an L1 or L2 ball (spec §3; legacy, not in the grid)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from modelguard.defense.base import Defense, check_probs, release_dtype
+from modelguard.utils.checks import check_number
 
 _SIMULATE_STREAM = 0x5EED5171  # offsets the simulate generator's seed from the perturb one
 
@@ -56,11 +55,8 @@ class RandomNoise(Defense):
     top1_preserve = False
 
     def __init__(self, eps: float = 1.0, norm: str = "l1", strategy: str = "uniform", seed: int = 0):
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(
-                f"defense.eps={eps!r} is invalid: eps must be a finite number > 0 (the radius of "
-                "the noise ball in logit space); set defense.eps=1.0"
-            )
+        eps = check_number(eps, "defense.eps", low=0, low_open=True,
+                           note="the radius of the noise ball in logit space", fix="set defense.eps=1.0")
         if norm not in ("l1", "l2"):
             raise ValueError(
                 f"defense.norm={norm!r} is invalid: norm must be one of 'l1', 'l2'; set defense.norm=l1"
@@ -70,9 +66,8 @@ class RandomNoise(Defense):
                 f"defense.strategy={strategy!r} is invalid: strategy must be one of 'uniform', "
                 "'gaussian'; set defense.strategy=uniform"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"defense.seed={seed!r} is invalid: seed must be an integer; set defense.seed=0")
-        self.eps = float(eps)
+        seed = check_number(seed, "defense.seed", integer=True, fix="set defense.seed=0")
+        self.eps = eps
         self.norm = norm
         self.strategy = strategy
         self.seed = seed

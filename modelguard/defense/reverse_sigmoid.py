@@ -1,11 +1,10 @@
 """Reverse Sigmoid (Lee et al.): subtract a sigmoid-shaped term from each probability (spec §2)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from modelguard.defense.base import Defense, check_probs, release_dtype, strict_top1
+from modelguard.utils.checks import check_number
 
 
 class ReverseSigmoid(Defense):
@@ -40,14 +39,8 @@ class ReverseSigmoid(Defense):
     requires_xinfo = False
 
     def __init__(self, beta: float = 0.21, gamma: float = 0.2):
-        for name, value, fix in (("beta", beta, 0.21), ("gamma", gamma, 0.2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(
-                    f"defense.{name}={value!r} is invalid: {name} must be a finite number ≥ 0; "
-                    f"set defense.{name}={fix}"
-                )
-        self.beta = float(beta)
-        self.gamma = float(gamma)
+        self.beta = check_number(beta, "defense.beta", low=0, fix="set defense.beta=0.21")
+        self.gamma = check_number(gamma, "defense.gamma", low=0, fix="set defense.gamma=0.2")
         self.top1_preserve = self.beta == 0.0 or self.gamma == 0.0 or (
             self.gamma >= 1.0 and self.beta * self.gamma < 1.0
         )

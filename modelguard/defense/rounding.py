@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from modelguard.defense.base import Defense, check_probs, release_dtype
+from modelguard.utils.checks import check_number
 
 
 class Rounding(Defense):
@@ -32,12 +33,8 @@ class Rounding(Defense):
     top1_preserve = False
 
     def __init__(self, decimals: int = 1):
-        if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
-            raise ValueError(
-                f"defense.decimals={decimals!r} is invalid: decimals must be an integer ≥ 0 "
-                "(the number of decimals kept); set defense.decimals=1"
-            )
-        self.decimals = decimals
+        self.decimals = check_number(decimals, "defense.decimals", low=0, integer=True,
+                                     note="the number of decimals kept", fix="set defense.decimals=1")
 
     def perturb(self, probs: torch.Tensor, xinfo: torch.Tensor | None = None) -> torch.Tensor:
         check_probs(probs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from modelguard.defense.base import Defense, check_probs, release_dtype
+from modelguard.utils.checks import check_number
 
 
 class TopK(Defense):
@@ -24,11 +25,8 @@ class TopK(Defense):
     requires_xinfo = False
 
     def __init__(self, k: int = 1, one_hot: bool = False):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(
-                f"defense.k={k!r} is invalid: k must be an integer ≥ 1 (the number of classes "
-                "kept); set defense.k=1"
-            )
+        k = check_number(k, "defense.k", low=1, integer=True, note="the number of classes kept",
+                         fix="set defense.k=1")
         if not isinstance(one_hot, bool):
             raise ValueError(
                 f"defense.one_hot={one_hot!r} is invalid: one_hot must be true or false; "

@@ -6,8 +6,11 @@ original's table for K ∈ {10, 43, 100, 200, 256}; the original has no other K 
 KeyError). We generalise to (h1, h2) = (8K, 4K) for every other K
 (attacks-and-training.md §12.25).
 
-Training: perturbed → clean pairs from the table, shuffled, SGD with momentum and weight
-decay, StepLR, loss = K · mean absolute error = the mean per-sample L1 distance.
+Training: perturbed → clean pairs from the table, shuffled, loss = K · mean absolute error
+= the mean per-sample L1 distance. The optimizer and the per-epoch LR scheduler are
+factories, Hydra ``_partial_`` nodes like the victim's and the substitute's recipes
+(conf/recover/network.yaml): by default the paper's SGD (lr 0.01, momentum 0.9, weight
+decay 1e-4) and StepLR(100, 0.5).
 
 Decoding: the original leaves the network in train mode, so BatchNorm normalises with the
 statistics of the decoded batch (the whole transfer set) and updates its running
@@ -20,14 +23,24 @@ precision, as the defenses release them).
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from modelguard.defense.base import release_dtype
+from modelguard.defense.base import row_chunks
 from modelguard.recover.base import Recoverer
+from modelguard.utils.checks import check_number
 from modelguard.utils.device import resolve_device
+
+#: The paper's recovery-network optimizer and LR schedule (the defaults of
+#: :class:`RecoveryNetwork` and of conf/recover/network.yaml).
+PAPER_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=1e-4)
+PAPER_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=100, gamma=0.5)
 
 HIDDEN_WIDTHS: dict[int, tuple[int, int]] = {
     10: (128, 64),
@@ -65,7 +78,11 @@ class RecoveryNetwork(Recoverer):
     """D-DAE / D-DAE+ decoder (paper defaults: 200 epochs, batch 1024, SGD lr 0.01,
     momentum 0.9, weight decay 1e-4, StepLR(100, 0.5)).
 
-    ``num_classes`` is inferred from the table in ``fit`` when None. ``seed`` fixes the
+    ``optimizer`` builds the optimizer from the parameters (``optimizer(params=...)``), and
+    ``scheduler`` the LR scheduler from it (``scheduler(optimizer=...)``, stepped once per
+    epoch; None: a constant learning rate), like the Hydra ``_partial_`` nodes
+    ``recover.optimizer`` and ``recover.scheduler``. ``num_classes`` is inferred from the
+    table in ``fit`` when None. ``seed`` fixes the
     initial weights and the shuffling. ``history`` holds one (mean loss, mean batch L2
     distance) pair per epoch of the last ``fit`` (the ``recover_nn_training`` log).
 
@@ -78,26 +95,29 @@ class RecoveryNetwork(Recoverer):
         num_classes: int | None = None,
         epochs: int = 200,
         batch_size: int = 1024,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        lr_step: int = 100,
-        lr_gamma: float = 0.5,
+        optimizer: Callable[..., torch.optim.Optimizer] = PAPER_OPTIMIZER,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = PAPER_SCHEDULER,
         train_mode_decode: bool = False,
         seed: int = 0,
         device: str = "cpu",
         progress: bool = True,
     ) -> None:
         self.num_classes = num_classes
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.lr_step = int(lr_step)
-        self.lr_gamma = float(lr_gamma)
+        self.epochs = check_number(epochs, "recover.epochs", low=0, integer=True,
+                                   fix="set recover.epochs=200 (the paper's value)")
+        self.batch_size = check_number(batch_size, "recover.batch_size", low=1, integer=True,
+                                       fix="set recover.batch_size=1024 (the paper's value)")
+        if not callable(optimizer):
+            raise ValueError(f"recover.optimizer={optimizer!r} is invalid: it must build an optimizer from "
+                             "the parameters (a _partial_ node); see conf/recover/network.yaml")
+        if scheduler is not None and not callable(scheduler):
+            raise ValueError(f"recover.scheduler={scheduler!r} is invalid: it must build an LR scheduler "
+                             "from the optimizer (a _partial_ node) or be null; see conf/recover/network.yaml")
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.train_mode_decode = bool(train_mode_decode)
-        self.seed = int(seed)
+        self.seed = check_number(seed, "recover.seed", integer=True,
+                                 fix="set recover.seed=${seed} (the run's seed)")
         self.device = resolve_device(device)
         self.progress = bool(progress)
         self.net: nn.Sequential | None = None
@@ -108,7 +128,8 @@ class RecoveryNetwork(Recoverer):
     def __repr__(self) -> str:
         return (
             f"RecoveryNetwork(num_classes={self.num_classes}, epochs={self.epochs}, "
-            f"batch_size={self.batch_size}, lr={self.lr}, train_mode_decode={self.train_mode_decode})"
+            f"batch_size={self.batch_size}, optimizer={_describe(self.optimizer)}, "
+            f"scheduler={_describe(self.scheduler)}, train_mode_decode={self.train_mode_decode})"
         )
 
     def _fresh_net(self, k: int) -> nn.Sequential:
@@ -136,10 +157,8 @@ class RecoveryNetwork(Recoverer):
         x_all = perturbed.detach().to(self.device, torch.float32)
         y_all = clean.detach().to(self.device, torch.float32)
         n = x_all.shape[0]
-        opt = torch.optim.SGD(
-            net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
+        opt = self.optimizer(params=net.parameters())
+        sched = self.scheduler(optimizer=opt) if self.scheduler is not None else None
         gen = torch.Generator().manual_seed(self.seed)
         self.history = []
         bar = tqdm(range(self.epochs), desc="recovery net", unit="epoch", disable=not self.progress, leave=False)
@@ -161,7 +180,8 @@ class RecoveryNetwork(Recoverer):
                 loss_sum += float(loss.detach())
                 l2_sum += float((out.detach() - target).norm(dim=1).mean())
                 steps += 1
-            sched.step()
+            if sched is not None:
+                sched.step()
             steps = max(steps, 1)
             self.history.append((loss_sum / steps, l2_sum / steps))
             bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
@@ -180,7 +200,7 @@ class RecoveryNetwork(Recoverer):
                 self.net.eval()
             else:
                 self.net.eval()
-                out = torch.cat([self.net(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
+                out = torch.cat([self.net(x[a:b]) for a, b in row_chunks(x.shape[0], chunk)])
         # float32 for half-precision answers (release_dtype): rounding the decoder's softmax
         # to float16/bfloat16 would move rows off the simplex by up to 4e-3 and merge classes
         dtype = release_dtype(released.dtype) if released.is_floating_point() else torch.float32
@@ -199,3 +219,11 @@ class RecoveryNetwork(Recoverer):
         self.net.load_state_dict(state)
         self.net.eval()
         return self
+
+
+def _describe(factory) -> str:
+    """``SGD(lr=0.01, momentum=0.9, ...)`` for a partial, the repr otherwise."""
+    if isinstance(factory, functools.partial):
+        args = [repr(a) for a in factory.args] + [f"{k}={v!r}" for k, v in factory.keywords.items()]
+        return f"{getattr(factory.func, '__name__', factory.func)}({', '.join(args)})"
+    return repr(factory)

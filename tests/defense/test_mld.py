@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelguard.defense.mld import ModelGuardW
-from modelguard.defense.mld_solver import min_feasible_eps, solve_mld, solve_mld_lp
+from modelguard.defense.mld_lp import solve_mld_lp
+from modelguard.defense.mld_solver import min_feasible_eps, solve_mld
 
 MU = 1e-4
 DELTA = 1e-6

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelguard.defense.base import release_dtype
-from modelguard.quantize import modelguard_s as mgs
+from modelguard.quantize import _modelguard_s_kernels as kernels
 from modelguard.quantize.modelguard_s import ModelGuardS, row_distance
 from tests.realistic_rows import pipeline_params
 
@@ -146,7 +146,7 @@ def test_lookup_chunking_is_exact(monkeypatch):
     y = make_stream(11, 10, 600, "soft")
     ref = ModelGuardS(eps=0.2)
     expected = [ref.quantize_reference(b) for b in split(y, [100])]
-    monkeypatch.setattr(mgs, "_PAIR_BUDGET", 40)  # a few pairs per chunk
+    monkeypatch.setattr(kernels, "_PAIR_BUDGET", 40)  # a few pairs per chunk
     vec = ModelGuardS(eps=0.2)
     for b, e in zip(split(y, [100]), expected):
         assert torch.equal(vec.quantize(b), e)
@@ -310,7 +310,7 @@ def test_float32_wide_stream_matches_reference(monkeypatch, budget, norm):
     # K = 256 float32 rows (the dense first-centroid pass, the float32 answer table kept
     # incrementally, the reused float64 scratch); budget 300 cuts the first pass in chunks.
     if budget is not None:
-        monkeypatch.setattr(mgs, "_PAIR_BUDGET", budget)
+        monkeypatch.setattr(kernels, "_PAIR_BUDGET", budget)
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(900, 256, generator=g)
     logits[torch.arange(900), torch.randint(0, 256, (900,), generator=g)] += 8.0
@@ -325,28 +325,30 @@ def test_float32_wide_stream_matches_reference(monkeypatch, budget, norm):
     assert_same_state(vec, ref)
 
 
-# ------------------------------------------- CPU fast path: class table, passes
+# ------------------------------------------- CPU fast path: class index, passes
 def assert_table_consistent(q: ModelGuardS) -> None:
-    """The incrementally kept class table equals the class index rebuilt from scratch."""
+    """The incrementally kept class index equals the one rebuilt from scratch."""
     classes = q.state_dict()["classes"]
+    index = q._index
+    assert index.perm.size == classes.numel()
     for c in range(q._K):
         members = torch.nonzero(classes == c).squeeze(1).tolist()
-        assert q._tcnt[c] == len(members)
+        assert index.count[c] == len(members)
+        assert index.perm[index.offset[c]: index.offset[c] + index.count[c]].tolist() == members
         if members:
-            assert q._tfirst[c] == members[0]
-            if q._tab is not None:
-                assert q._tab[c, : len(members)].tolist() == members
+            assert index.first[c] == members[0]
+    assert q.num_centroids() == torch.bincount(classes, minlength=q._K).tolist()
 
 
-@pytest.mark.parametrize("table_budget", [None, 64])
+@pytest.mark.parametrize("budget", [None, 8])
 @pytest.mark.parametrize("norm", ["l1", "l2"])
-def test_fast_path_padded_and_ragged_second_pass(monkeypatch, table_budget, norm):
+def test_fast_path_padded_and_ragged_second_pass(monkeypatch, budget, norm):
     # Class 0 gets many centroids, classes 1.. exactly two (points a_c, b_c far apart).
     # Rows b_c miss their class's first centroid and hit the second: alone they take the
     # padded [rows, 1, K] pass; with a few class-0 rows the padding would be wasteful, so
-    # the batch goes ragged. A tiny table budget drops the table: always ragged.
-    if table_budget is not None:
-        monkeypatch.setattr(mgs, "_TABLE_BUDGET", table_budget)
+    # the batch goes ragged. A tiny pair budget makes every second pass ragged.
+    if budget is not None:
+        monkeypatch.setattr(kernels, "_PAIR_BUDGET", budget)
     g = torch.Generator().manual_seed(21)
     K = 6
     big = torch.rand(60, K, generator=g, dtype=torch.float64)
@@ -360,18 +362,18 @@ def test_fast_path_padded_and_ragged_second_pass(monkeypatch, table_budget, norm
         b[c - 1, (c % (K - 1)) + 1] = 0.42  # rows are probability vectors (sum 1)
     vec, ref = ModelGuardS(eps=0.05, norm=norm), ModelGuardS(eps=0.05, norm=norm)
     calls = {"second": 0, "ragged": 0}
-    second, pairs = ModelGuardS._second_pass, ModelGuardS._pairs
+    second, pairs = kernels.second_pass, kernels.pairs
 
-    def spy_second(self, *args, **kw):
+    def spy_second(*args, **kw):
         calls["second"] += 1
-        return second(self, *args, **kw)
+        return second(*args, **kw)
 
-    def spy_pairs(self, *args, **kw):
+    def spy_pairs(*args, **kw):
         calls["ragged"] += 1
-        return pairs(self, *args, **kw)
+        return pairs(*args, **kw)
 
-    monkeypatch.setattr(ModelGuardS, "_second_pass", spy_second)
-    monkeypatch.setattr(ModelGuardS, "_pairs", spy_pairs)
+    monkeypatch.setattr(kernels, "second_pass", spy_second)
+    monkeypatch.setattr(kernels, "pairs", spy_pairs)
     bs = b.repeat(6, 1)
     stream = [torch.cat([a, b, big]), bs, torch.cat([bs, big[-3:]]), bs[:9],
               torch.cat([big.flip(0), bs])]
@@ -382,13 +384,11 @@ def test_fast_path_padded_and_ragged_second_pass(monkeypatch, table_budget, norm
         assert_table_consistent(vec)
         assert calls["second"] == before["second"] + (batch is not stream[0])
     assert_same_state(vec, ref)
-    if table_budget is None:
-        assert vec._tab is not None
+    if budget is None:
         # only bs + 3 class-0 rows is ragged (3 rows widen 30 one-pair rows to 59);
         # bs alone is padded, and so is the batch of all 60 class-0 rows (little waste)
         assert calls["ragged"] == 1
     else:
-        assert vec._tab is None
         assert calls["ragged"] == calls["second"] == 4
 
 

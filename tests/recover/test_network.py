@@ -1,6 +1,8 @@
 """D-DAE recovery network (defenses.md §10.2, attacks-and-training.md §12.6 and §12.25)."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -60,7 +62,8 @@ def test_num_classes_inferred_and_checked():
 
 def test_short_fit_reduces_loss():
     clean, pert = _sqrt_table(10, 1024, 1)
-    rec = RecoveryNetwork(epochs=12, batch_size=128, lr=0.05, progress=False)
+    sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    rec = RecoveryNetwork(epochs=12, batch_size=128, optimizer=sgd, progress=False)
     before = (10 * (RecoveryNetwork(num_classes=10, progress=False).recover(pert) - clean).abs().mean()).item()
     rec.fit(clean, pert)
     losses = [h[0] for h in rec.history]
@@ -119,6 +122,43 @@ def test_trailing_single_row_batch_skipped():
     clean, pert = _sqrt_table(3, 65, 5)  # 65 = 2·32 + 1
     rec = RecoveryNetwork(epochs=2, batch_size=32, progress=False).fit(clean, pert)
     assert len(rec.history) == 2
+
+
+def test_config_recipe_is_the_default_and_bit_identical(compose_cfg):
+    # conf/recover/network.yaml's _partial_ optimizer and scheduler are the constructor's
+    # defaults, the paper's SGD(0.01, 0.9, 1e-4) and StepLR(100, 0.5): same weights, bit for bit
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("attack=ddae_plus", "recover.epochs=3", "recover.batch_size=64",
+                      "recover.scheduler.step_size=2", "recover.progress=false")
+    built = instantiate(cfg.recover)
+    assert isinstance(built.optimizer, functools.partial) and built.optimizer.func is torch.optim.SGD
+    assert built.optimizer.keywords == {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+    assert built.scheduler.func is torch.optim.lr_scheduler.StepLR
+    assert built.scheduler.keywords == {"step_size": 2, "gamma": 0.5}
+    clean, pert = _sqrt_table(10, 300, 7)
+    built.fit(clean, pert)
+    sched = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.5)
+    plain = RecoveryNetwork(epochs=3, batch_size=64, scheduler=sched, seed=cfg.seed,
+                            progress=False).fit(clean, pert)
+    assert built.history == plain.history
+    for name, value in plain.state_dict().items():
+        assert torch.equal(built.state_dict()[name], value), name
+    assert "SGD(lr=0.01, momentum=0.9, weight_decay=0.0001)" in repr(plain)
+
+
+def test_constant_learning_rate_and_argument_errors():
+    clean, pert = _sqrt_table(5, 128, 8)
+    rec = RecoveryNetwork(epochs=2, batch_size=32, scheduler=None, progress=False).fit(clean, pert)
+    assert len(rec.history) == 2
+    with pytest.raises(ValueError, match=r"recover.epochs=-1 is invalid: .*set recover.epochs=200"):
+        RecoveryNetwork(epochs=-1)
+    with pytest.raises(ValueError, match=r"recover.batch_size=0 is invalid"):
+        RecoveryNetwork(batch_size=0)
+    with pytest.raises(ValueError, match=r"recover.optimizer=0.01 is invalid"):
+        RecoveryNetwork(optimizer=0.01)
+    with pytest.raises(ValueError, match=r"recover.scheduler='step' is invalid"):
+        RecoveryNetwork(scheduler="step")
 
 
 @pytest.mark.slow

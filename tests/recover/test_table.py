@@ -11,13 +11,12 @@ from modelguard.defense.reverse_sigmoid import ReverseSigmoid
 from modelguard.defense.rounding import Rounding
 from modelguard.defense.top1 import Top1
 from modelguard.quantize.modelguard_s import ModelGuardS, row_distance
+from modelguard.recover.lookup import TableLookup, recover_reference
 from modelguard.recover.table import (
-    TableLookup,
     dirichlet_table_clean,
     draws_per_row,
     epsilon_filter,
     epsilon_keep_mask,
-    recover_reference,
     simulate_table,
 )
 from tests.realistic_rows import family_names, pipeline_params
@@ -413,3 +412,16 @@ def test_epsilon_filter_keeps_a_pair_at_exactly_eps(pipeline_rows):
     answer = _simulate(q, rows[j:j + 1])
     assert torch.equal(answer, rows[i:i + 1])  # within eps: the quantizer kept it
     assert bool(epsilon_keep_mask(rows[j:j + 1], answer, eps).all())
+
+
+def test_lookup_reexported_from_table_and_argument_errors():
+    from modelguard.recover import table
+
+    assert table.TableLookup is TableLookup and table.recover_reference is recover_reference
+    for kwargs, match in ((dict(norm=3), r"recover.norm=3 is invalid"),
+                          (dict(norm=True), r"recover.norm=True is invalid"),
+                          (dict(tolerance=-0.1), r"recover.tolerance=-0.1 is invalid: .*≥ 0"),
+                          (dict(tolerance=float("nan")), r"recover.tolerance=nan is invalid"),
+                          (dict(chunk_elements=0), r"recover.chunk_elements=0 is invalid: .*integer ≥ 1")):
+        with pytest.raises(ValueError, match=match):
+            TableLookup(**kwargs)
