@@ -18,7 +18,7 @@
 #   ATTACKS [naive top1 bayes ddae_plus ddae]
 #   SEEDS [0 1 2]
 #   LANES [2]                  multiruns side by side (one CPU core each)
-#   RECOVER_NET ["recover.epochs=100 recover.lr_step=50"]
+#   RECOVER_NET ["recover.epochs=100 recover.scheduler.step_size=50"]
 #                              overrides for the recovery-network attacks (ddae, ddae_plus)
 #   DOC [docs/results-embedded.md]   plots go to ${DOC%.md}/
 # Rehearsal on a tiny grid (seconds per job; writes elsewhere):
@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 START=$(date +%s)
 declare -A DEFAULT=([NAME]="embedded" [DEFENSES]="none top1 rounding reverse_sigmoid mad am mld"
   [QDEFENSES]="none mld" [ATTACKS]="naive top1 bayes ddae_plus ddae" [SEEDS]="0 1 2" [LANES]="2"
-  [RECOVER_NET]="recover.epochs=100 recover.lr_step=50" [DOC]="docs/results-embedded.md")
+  [RECOVER_NET]="recover.epochs=100 recover.scheduler.step_size=50" [DOC]="docs/results-embedded.md")
 ENV_VARS=(NAME DEFENSES QDEFENSES ATTACKS SEEDS LANES RECOVER_NET DOC)
 for v in "${ENV_VARS[@]}"; do [[ -v $v ]] || printf -v "$v" '%s' "${DEFAULT[$v]}"; done
 SWEEP=${SWEEP_DIR:-outputs/sweeps/$NAME}

@@ -50,6 +50,8 @@ WHY = {
                       "recovery, and so these two attacks, weaker (launchers/README.md has a measurement)",
     "recover.lr_step": "StepLR step scaled with the epochs, so the learning rate still halves at mid-training "
                        "as with 200 epochs and step 100",
+    "recover.scheduler.step_size": "StepLR step scaled with the epochs, so the learning rate still halves at "
+                                   "mid-training as with 200 epochs and step 100",
     "recover.progress": "no progress bars in the job logs (does not change results)",
     "attack.table_rows_per_query": "size of the attacker's simulation table (default 20 rows per query, "
                                    "the paper's 1e6 rows for 5e4 queries)",

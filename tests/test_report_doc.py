@@ -139,11 +139,11 @@ def test_settings_diff_against_repository_defaults(tmp_path):
     for seed in (0, 1):
         r = _record("mld", "naive", seed)
         r.update({"choice/attack": "ddae_plus", "choice/recover": "network", "recover.epochs": 50,
-                  "recover.lr_step": 25, "recover.batch_size": 1024, "attack.budget": 10000})
+                  "recover.scheduler.step_size": 25, "recover.batch_size": 1024, "attack.budget": 10000})
         rows.append(r)
     changed = doc.changed_settings(rows)
     assert ("recover.epochs", "200", "50", "ddae_plus") in changed
-    assert ("recover.lr_step", "100", "25", "ddae_plus") in changed
+    assert ("recover.scheduler.step_size", "100", "25", "ddae_plus") in changed
     assert not any(k in ("recover.batch_size", "attack.budget") for k, *_ in changed)
 
 
