@@ -209,11 +209,20 @@ def repo_defaults(choices: dict[str, str]) -> dict[str, Any]:
         node = cfg.get(group)
         if node is None:
             continue
-        raw = OmegaConf.to_container(node, resolve=False)
-        for key, value in raw.items():
-            if not key.startswith("_") and not (isinstance(value, str) and value.startswith("${")):
-                flat[f"{group}.{key}"] = value
+        _flatten_knobs(OmegaConf.to_container(node, resolve=False), group, flat)
     return flat
+
+
+def _flatten_knobs(raw: dict[str, Any], prefix: str, flat: dict[str, Any]) -> None:
+    """Nested nodes (recover.scheduler.step_size) as dotted keys, like metrics.json records them;
+    interpolations and _target_/_partial_ keys are left out."""
+    for key, value in raw.items():
+        if key.startswith("_") or (isinstance(value, str) and value.startswith("${")):
+            continue
+        if isinstance(value, dict):
+            _flatten_knobs(value, f"{prefix}.{key}", flat)
+        else:
+            flat[f"{prefix}.{key}"] = value
 
 
 def changed_settings(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
