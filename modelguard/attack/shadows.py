@@ -26,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modelguard.engine import fit, predict_probs
-from modelguard.stages.common import build_model, cached_artifact, config_hash, device_of
+from modelguard.stages.common import build_model, device_of, node_hash as config_hash
+from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator
 

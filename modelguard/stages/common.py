@@ -1,25 +1,28 @@
 """What stages share: building data and models from the config, the victim cache, done markers."""
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.utils.cache import config_hash
 from modelguard.utils.device import resolve_device
-from modelguard.utils.io import file_lock, load_json, load_tensors, save_json, save_tensors
+from modelguard.utils.io import load_json, load_tensors, save_json, save_tensors
 
 
-def config_hash(*nodes: Any) -> str:
-    """Short stable hash of resolved config nodes (plain values)."""
-    plain = [OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def plain(node: Any) -> Any:
+    """A config node as plain, resolved values (anything else unchanged)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def node_hash(*nodes: Any) -> str:
+    """Short stable hash of resolved config nodes and plain values (``utils.cache.config_hash``)."""
+    return config_hash(*(plain(n) for n in nodes))
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -50,25 +53,9 @@ def _short_name(node: DictConfig) -> str:
 
 def victim_dir(cfg: DictConfig) -> Path:
     """Shared cache of the victim, keyed by dataset, architecture, seed and training recipe."""
-    key = config_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed)
+    key = node_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed)
     return (Path(cfg.paths.cache_dir) / "victims" / f"{_short_name(cfg.dataset)}-{_short_name(cfg.arch)}"
             / f"seed={cfg.seed}" / key)
-
-
-def cached_artifact(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Build an artifact directory once, even with concurrent jobs: lock, re-check, build, mark done.
-
-    ``build(directory)`` writes its files (atomically) and returns metrics; the ``done.json``
-    marker is written last, so a reader never sees a half-built artifact."""
-    done = directory / "done.json"
-    if done.exists():
-        return load_json(done)
-    with file_lock(directory / ".lock"):
-        if done.exists():
-            return load_json(done)
-        metrics = build(directory)
-        save_json(metrics, done)
-        return metrics
 
 
 def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
@@ -100,7 +87,7 @@ def job_config_hash(cfg: DictConfig) -> str:
     """Hash of the science config (what changes results), leaving out paths, logging and stages."""
     science = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items()
                if k not in ("paths", "stages", "wandb", "fresh", "sweep_name", "progress", "threads", "device")}
-    return config_hash(science)
+    return node_hash(science)
 
 
 def save_artifact(obj: Any, cfg: DictConfig, name: str) -> Path:

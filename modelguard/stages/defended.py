@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
-from modelguard.stages.common import build_model, cached_artifact, device_of, load_victim, victim_dir
+from modelguard.stages.common import build_model, device_of, load_victim, victim_dir
+from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator
 

@@ -25,7 +25,7 @@ from modelguard.defense.none import NoDefense
 from modelguard.defense.top1 import Top1
 from modelguard.engine import BestOnTest
 from modelguard.run import run_experiment
-from modelguard.stages.common import build_model, config_hash, load_data
+from modelguard.stages.common import build_model, load_data, node_hash as config_hash
 from modelguard.stages.query import original_epsilon
 from modelguard.stages.substitute import substitute_optimizer
 from modelguard.utils.io import load_tensors
