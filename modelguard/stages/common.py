@@ -1,9 +1,10 @@
 """What stages share: building data and models from the config, the victim cache, done markers."""
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from hydra.utils import instantiate
@@ -23,6 +24,17 @@ def plain(node: Any) -> Any:
 def node_hash(*nodes: Any) -> str:
     """Short stable hash of resolved config nodes and plain values (``utils.cache.config_hash``)."""
     return config_hash(*(plain(n) for n in nodes))
+
+
+def runtime_inputs(fn: Callable, providers: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The keyword arguments ``fn`` takes from ``providers``, built now; the others are never built.
+
+    How a stage hands library objects what exists only at run time: a class or method declares
+    each runtime input it takes by naming it as a parameter (MAD's ``proxy``, JBDA-TR's
+    ``train_substitute``), and the stage keeps one table saying how to build each name. Nothing
+    is probed on the object, and nothing it did not ask for is built."""
+    wanted = inspect.signature(fn).parameters
+    return {name: build() for name, build in providers.items() if name in wanted}
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -35,7 +35,7 @@ def rotation_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def substitute_optimizer(cfg: DictConfig) -> Callable:
     """The substitute's optimizer factory: substitute.optimizer, with the policy's weight decay
     when the policy sets one (JBDA-TR: policy.substitute_weight_decay)."""
-    weight_decay = getattr(instantiate(cfg.policy), "substitute_weight_decay", None)
+    weight_decay = instantiate(cfg.policy).substitute_weight_decay
     if weight_decay is None:
         return instantiate(cfg.substitute.optimizer)
     return instantiate(cfg.substitute.optimizer, weight_decay=float(weight_decay))

@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from modelguard.api import DefendedAPI
 from modelguard.arch.small import mlp
 from modelguard.attack.augment import query_view
-from modelguard.attack.jbda import JacobianAugmentation
-from modelguard.attack.knockoff import KnockoffRandom
+from modelguard.policy.jbda import JacobianAugmentation
+from modelguard.policy.knockoff import KnockoffRandom
 from modelguard.attack.shadows import plan_shadows, shadow_dir
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.embedded import EmbeddedMNIST

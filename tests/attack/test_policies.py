@@ -7,8 +7,8 @@ import torch
 from modelguard.api import BudgetExceeded, DefendedAPI
 from modelguard.arch.small import mlp
 from modelguard.attack.augment import random_view
-from modelguard.attack.jbda import JacobianAugmentation
-from modelguard.attack.knockoff import KnockoffRandom
+from modelguard.policy.jbda import JacobianAugmentation
+from modelguard.policy.knockoff import KnockoffRandom
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.defense.none import NoDefense
 from modelguard.defense.top1 import Top1
