@@ -27,7 +27,7 @@ from modelguard.engine import BestOnTest
 from modelguard.run import run_experiment
 from modelguard.stages.common import build_model, load_data, node_hash as config_hash
 from modelguard.stages.query import original_epsilon
-from modelguard.stages.substitute import substitute_optimizer
+from modelguard.stages.training import substitute_optimizer
 from modelguard.utils.io import load_tensors
 
 MEAN, STD = [0.3], [0.2]

@@ -12,7 +12,7 @@ from modelguard.policy.knockoff import KnockoffRandom
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.defense.none import NoDefense
 from modelguard.defense.top1 import Top1
-from modelguard.stages.substitute import rotation_loss
+from modelguard.attack.s4l import rotation_loss
 
 
 def tiny_api(budget=None, defense=None, k=4):
