@@ -30,6 +30,9 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
     check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
     check_selection(cfg.substitute.select, "substitute.select")
+    if int(cfg.substitute.shadow_epochs) < 1:
+        raise ValueError(f"substitute.shadow_epochs={cfg.substitute.shadow_epochs} is invalid: D-DAE's shadow models "
+                         "train for at least one epoch (the paper: 5)")
     # Build every configured object once before any stage runs, so a bad value stops the run
     # with the constructor's message before anything is trained or overwritten.
     for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):

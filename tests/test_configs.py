@@ -104,7 +104,7 @@ def test_original_recipes_preset_is_the_spec_table(compose_cfg):
     assert (sub.epochs, sub.optimizer.lr, sub.optimizer.weight_decay) == (30, 0.1, 0.0)
     assert (sub.scheduler.step_size, sub.scheduler.gamma) == (10, 0.5)
     assert victim.select == "best_test" and sub.select == "best_test"
-    assert cfg.attack.shadow_epochs == 5
+    assert cfg.substitute.shadow_epochs == 5
     assert cfg.dataset._target_.endswith("EmbeddedMNIST")  # a delta: the rest stays the default
     default = compose_cfg()
     assert default.victim.select == "last" and default.substitute.select == "last"  # the fast recipe stays

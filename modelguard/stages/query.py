@@ -10,12 +10,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modelguard.attack.recovery import recover_labels
 from modelguard.defense.mad import MAD
 from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
 from modelguard.stages.common import load_data, output_dir, runtime_inputs
 from modelguard.stages.defended import build_api
+from modelguard.stages.recovery import recover_labels
 from modelguard.stages.training import make_trainer
 from modelguard.stages.transfer import save_transfer
 from modelguard.utils.seed import make_generator

@@ -100,8 +100,7 @@ def test_jbda_synthesis_stays_within_step_eps():
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"budget": 0}, "attack.budget=0"),
-    ({"table_source": "magic"}, "attack.table_source='magic'"),
-    ({"table_source": "shadows", "shadow_count": 0}, "attack.shadow_count=0"),
+    ({"table_source": "dirichlet"}, "attack.table_source='dirichlet'"),
     ({"rotation_weight": -1}, "attack.rotation_weight=-1"),
 ])
 def test_strategy_validation_names_the_knob(kwargs, fragment):
