@@ -1,4 +1,7 @@
-"""Running one experiment: validate the config, run the stages, write metrics.json."""
+"""Running one experiment: validate the config, run the stages, write metrics.json; and the Hydra
+callback that writes a sweep's report when a multirun ends.
+
+With ``main.py`` and ``modelguard/stages/``, the only code that sees the config."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +9,7 @@ import time
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -110,3 +114,27 @@ def format_table(record: dict[str, Any]) -> str:
     for k, v in rows:
         lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     return "\n".join(lines)
+
+
+class ReportCallback(Callback):
+    """At the end of a multirun, write results.csv, results.md and tradeoff.png into the sweep dir
+    (registered in conf/hydra/default.yaml under ``callbacks:``).
+
+    Hydra calls on_multirun_end only when every job succeeded; when one failed, the sweep exits
+    non-zero before it, so launchers/*.sh also run `python -m modelguard.report` afterwards."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from modelguard.report import write_report  # matplotlib only when needed
+
+        sweep_dir = config.hydra.sweep.dir
+        try:
+            written = write_report(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - a report problem must not fail a finished sweep
+            log.warning("report for %s failed: %s (rerun: python -m modelguard.report %s)", sweep_dir, err, sweep_dir)
+            return
+        log.info("report: %s", ", ".join(str(p) for p in written.values()))
