@@ -4,26 +4,24 @@ callback that writes a sweep's report when a multirun ends.
 With ``main.py`` and ``modelguard/stages/``, the only code that sees the config."""
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
 
 import torch
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
-from modelguard.stages.common import mark_done, output_dir, stage_done
+from modelguard.stages.common import mark_done, output_dir, science_groups, stage_done
 from modelguard.utils.io import save_json
 from modelguard.utils.seed import seed_everything
 from modelguard.utils.tracking import Tracker
 
 log = logging.getLogger("modelguard")
-
-GROUPS = ("dataset", "arch", "victim", "defense", "quantize", "recover", "policy", "attack", "substitute")
-
 
 def validate(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STAGES]
@@ -38,9 +36,12 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"substitute.shadow_epochs={cfg.substitute.shadow_epochs} is invalid: D-DAE's shadow models "
                          "train for at least one epoch (the paper: 5)")
     # Build every configured object once before any stage runs, so a bad value stops the run
-    # with the constructor's message before anything is trained or overwritten.
-    for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):
-        instantiate(cfg[group])
+    # with the constructor's message before anything is trained or overwritten. Factories that
+    # take runtime shapes (arch: num_classes, ...) are only resolved.
+    for group in science_groups(cfg):
+        target = cfg[group].get("_target_")
+        if target is not None:
+            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
 
 
 def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -83,10 +84,8 @@ def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
     """The knobs of every group (defense.eps, attack.budget, policy.compat.clip_space,
     victim.optimizer.lr, ...) as flat dotted entries; nested nodes are flattened."""
     flat: dict[str, Any] = {}
-    for group in GROUPS:
-        node = cfg.get(group)
-        if node is None:
-            continue
+    for group in science_groups(cfg):
+        node = cfg[group]
         _flatten(OmegaConf.to_container(node, resolve=False), OmegaConf.to_container(node, resolve=True), group, flat)
     return flat
 

@@ -129,3 +129,41 @@ def test_nested_knobs_are_recorded(compose_cfg):
     assert flat["policy.compat.clip_space"] == "pixel" and flat["policy.compat.eps_from_defense"] is True
     assert flat["victim.optimizer.momentum"] == 0.5 and flat["substitute.select"] == "best_test"
     assert not any(k.split(".")[-1].startswith("_") for k in flat) and "dataset.seed" not in flat
+
+
+def test_run_knobs_follow_the_run(compose_cfg):
+    """seed, device and progress are set once at the top; a group that takes one interpolates it
+    (${seed}, ${device}, ${progress}), so a seed sweep or device=cuda reaches every component."""
+    groups = ["dataset", "arch", "victim", "defense", "quantize", "recover", "policy", "attack", "substitute"]
+    seen = []
+    for group in groups:
+        for name in options(group):
+            raw = OmegaConf.to_container(compose_cfg(f"{group}={name}"), resolve=False)
+
+            def walk(node, where):
+                if isinstance(node, dict):
+                    for k, v in node.items():
+                        if k in ("seed", "device", "progress") and where:
+                            seen.append((where, k))
+                            assert v == f"${{{k}}}", (group, name, where, k, v)
+                        walk(v, f"{where}.{k}" if where else k)
+
+            walk({g: raw[g] for g in groups}, "")
+    assert {("recover", "seed"), ("recover", "device"), ("quantize", "seed")} <= set(seen)
+
+
+def test_run_keys_are_the_one_list(compose_cfg):
+    """conf/main.yaml run_keys: the directory name and the done-marker hash read the same list."""
+    from modelguard.stages.common import job_config_hash
+    cfg = compose_cfg()
+    hydra_cfg = OmegaConf.load(CONF / "hydra" / "default.yaml")
+    assert hydra_cfg.job.config.override_dirname._get_node("exclude_keys")._value() == "${oc.dict.keys:run_keys}"
+    assert {k for k, kind in cfg.run_keys.items() if kind == "path"} == {"attack", "defense", "seed"}
+    ignored = {k for k, kind in cfg.run_keys.items() if kind == "ignored"}
+    for override in ("threads=4", "device=auto", "fresh=true", "progress=false", "run_name=r", "sweep_name=s",
+                     "stages=[victim]", "wandb.mode=offline", "wandb.project=p", "paths.cache_dir=/elsewhere"):
+        key = override.split("=")[0]
+        assert key in ignored or key.split(".")[0] in ignored, key
+        assert job_config_hash(compose_cfg(override)) == job_config_hash(cfg), override
+    for override in ("attack.budget=5", "seed=1", "defense=top1", "substitute.shadow_epochs=2"):
+        assert job_config_hash(compose_cfg(override)) != job_config_hash(cfg), override

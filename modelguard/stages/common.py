@@ -95,11 +95,33 @@ def mark_done(cfg: DictConfig, name: str, metrics: dict[str, Any]) -> None:
     save_json({"config": job_config_hash(cfg), "metrics": metrics}, output_dir(cfg) / "stages" / f"{name}.json")
 
 
+def ignored_keys(cfg: DictConfig) -> list[str]:
+    """The keys that do not change results (``run_keys`` marked ``ignored`` in conf/main.yaml)."""
+    return [k for k, kind in cfg.run_keys.items() if kind == "ignored"]
+
+
+def science(cfg: DictConfig) -> dict[str, Any]:
+    """The unresolved config without ``run_keys`` and the ignored keys: what changes results."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("run_keys", None)
+    for key in ignored_keys(cfg):
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
+def science_groups(cfg: DictConfig) -> list[str]:
+    """The config's science nodes (dataset, arch, victim, defense, ...), in config order."""
+    return [k for k, v in science(cfg).items() if isinstance(v, dict)]
+
+
 def job_config_hash(cfg: DictConfig) -> str:
-    """Hash of the science config (what changes results), leaving out paths, logging and stages."""
-    science = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items()
-               if k not in ("paths", "stages", "wandb", "fresh", "sweep_name", "progress", "threads", "device")}
-    return node_hash(science)
+    """Hash of the science config (what changes results): the done markers' key."""
+    return node_hash(science(cfg))
 
 
 def save_artifact(obj: Any, cfg: DictConfig, name: str) -> Path:
