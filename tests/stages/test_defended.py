@@ -17,6 +17,7 @@ def test_side_model_is_a_constructor_argument(smoke, option, attribute):
     victim.run(cfg)
     defense = build_defense(cfg, load_data(cfg))
     assert isinstance(getattr(defense, attribute), torch.nn.Module)
+    assert not hasattr(defense, "set_" + attribute)  # no setter: the constructor is the only way in
     api = build_api(cfg, load_data(cfg))
     x = load_data(cfg).victim_test.tensors[0][:8]
     assert api.side_information(x).shape == (8, 4)
