@@ -167,3 +167,43 @@ def test_run_keys_are_the_one_list(compose_cfg):
         assert job_config_hash(compose_cfg(override)) == job_config_hash(cfg), override
     for override in ("attack.budget=5", "seed=1", "defense=top1", "substitute.shadow_epochs=2"):
         assert job_config_hash(compose_cfg(override)) != job_config_hash(cfg), override
+
+
+def _defaults(cls) -> dict:
+    import inspect
+    return {n: p.default for n, p in inspect.signature(cls).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("option, node", [("attack/naive", "attack"), ("attack/bayes", "attack.table_source"),
+                                          ("attack/ddae_plus", "attack.table_source"),
+                                          ("attack/ddae", "attack.table_source"), ("policy/jbtr3", None),
+                                          ("policy/knockoff", None)])
+def test_base_options_list_the_class_defaults(option, node):
+    """The knobs a YAML lists (so that each can be overridden from the command line and is
+    recorded in metrics.json) are the class's own defaults: the YAML never silently differs
+    from the class, and the derived options (attack=top1, s4l, ...) state only their deltas."""
+    from hydra.utils import get_class
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{option}.yaml"))
+    for part in (node or "").split(".") if node else []:
+        raw = raw[part]
+    defaults = _defaults(get_class(raw["_target_"]))
+    listed = {k: v for k, v in raw.items() if not k.startswith("_")}
+    assert listed.keys() <= defaults.keys(), option
+    compat = listed.pop("compat", None)
+    assert listed == {k: defaults[k] for k in listed}, option
+    if compat is not None:
+        from modelguard.policy.jbda import COMPAT_DEFAULTS
+        assert compat == COMPAT_DEFAULTS
+    if option == "attack/naive":  # every AttackStrategy knob is listed
+        assert listed.keys() == defaults.keys()
+
+
+def test_derived_attack_options_state_only_deltas():
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "attack" / "naive.yaml"))["attack"]
+    for option in options("attack"):
+        if option == "naive":
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(CONF / "attack" / f"{option}.yaml")).get("attack", {})
+        same = [k for k, v in node.items() if k in base and base[k] == v]
+        assert not same, (option, same)
