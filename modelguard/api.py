@@ -53,6 +53,13 @@ class DefendedAPI:
     def xinfo(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.defense.xinfo(x.to(self.device)) if self.defense.requires_xinfo else None
 
+    def side_information(self, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor | None:
+        """The defense's per-input information for every image of ``inputs`` (on the CPU), or None
+        when the defense needs none: what the offline simulation passes to ``simulate``."""
+        if not self.defense.requires_xinfo:
+            return None
+        return torch.cat([self.xinfo(inputs[i:i + batch_size]).cpu() for i in range(0, len(inputs), batch_size)])
+
     @torch.no_grad()
     def query(self, x: torch.Tensor, return_clean: bool = False):
         """Released probabilities for the images ``x`` [B, C, H, W] (and the clean ones)."""

@@ -2,7 +2,7 @@
 
     python -m modelguard.report outputs/sweeps/<sweep_name> [--x defense/l1_mean]
 
-Runs by itself at the end of a multirun (modelguard.callbacks.ReportCallback). Rows come from
+Runs by itself at the end of a multirun (modelguard.run.ReportCallback). Rows come from
 the content of each ``metrics.json`` (group choices, seed, swept knobs, metrics); directory
 names are never parsed. A job recorded as ``status: failed`` is listed but not aggregated."""
 from __future__ import annotations

@@ -1,25 +1,27 @@
-"""Running one experiment: validate the config, run the stages, write metrics.json."""
+"""Running one experiment: validate the config, run the stages, write metrics.json; and the Hydra
+callback that writes a sweep's report when a multirun ends.
+
+With ``main.py`` and ``modelguard/stages/``, the only code that sees the config."""
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.experimental.callback import Callback
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
-from modelguard.stages.common import mark_done, output_dir, stage_done
+from modelguard.stages.common import mark_done, output_dir, science_groups, stage_done
 from modelguard.utils.io import save_json
 from modelguard.utils.seed import seed_everything
 from modelguard.utils.tracking import Tracker
 
 log = logging.getLogger("modelguard")
-
-GROUPS = ("dataset", "arch", "victim", "defense", "quantize", "recover", "policy", "attack", "substitute")
-
 
 def validate(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STAGES]
@@ -30,10 +32,16 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
     check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
     check_selection(cfg.substitute.select, "substitute.select")
+    if int(cfg.substitute.shadow_epochs) < 1:
+        raise ValueError(f"substitute.shadow_epochs={cfg.substitute.shadow_epochs} is invalid: D-DAE's shadow models "
+                         "train for at least one epoch (the paper: 5)")
     # Build every configured object once before any stage runs, so a bad value stops the run
-    # with the constructor's message before anything is trained or overwritten.
-    for group in ("dataset", "defense", "quantize", "recover", "policy", "attack"):
-        instantiate(cfg[group])
+    # with the constructor's message before anything is trained or overwritten. Factories that
+    # take runtime shapes (arch: num_classes, ...) are only resolved.
+    for group in science_groups(cfg):
+        target = cfg[group].get("_target_")
+        if target is not None:
+            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
 
 
 def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -76,10 +84,8 @@ def swept_scalars(cfg: DictConfig) -> dict[str, Any]:
     """The knobs of every group (defense.eps, attack.budget, policy.compat.clip_space,
     victim.optimizer.lr, ...) as flat dotted entries; nested nodes are flattened."""
     flat: dict[str, Any] = {}
-    for group in GROUPS:
-        node = cfg.get(group)
-        if node is None:
-            continue
+    for group in science_groups(cfg):
+        node = cfg[group]
         _flatten(OmegaConf.to_container(node, resolve=False), OmegaConf.to_container(node, resolve=True), group, flat)
     return flat
 
@@ -107,3 +113,27 @@ def format_table(record: dict[str, Any]) -> str:
     for k, v in rows:
         lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     return "\n".join(lines)
+
+
+class ReportCallback(Callback):
+    """At the end of a multirun, write results.csv, results.md and tradeoff.png into the sweep dir
+    (registered in conf/hydra/default.yaml under ``callbacks:``).
+
+    Hydra calls on_multirun_end only when every job succeeded; when one failed, the sweep exits
+    non-zero before it, so launchers/*.sh also run `python -m modelguard.report` afterwards."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from modelguard.report import write_report  # matplotlib only when needed
+
+        sweep_dir = config.hydra.sweep.dir
+        try:
+            written = write_report(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - a report problem must not fail a finished sweep
+            log.warning("report for %s failed: %s (rerun: python -m modelguard.report %s)", sweep_dir, err, sweep_dir)
+            return
+        log.info("report: %s", ", ".join(str(p) for p in written.values()))

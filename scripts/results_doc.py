@@ -55,8 +55,8 @@ WHY = {
     "recover.progress": "no progress bars in the job logs (does not change results)",
     "attack.table_rows_per_query": "size of the attacker's simulation table (default 20 rows per query, "
                                    "the paper's 1e6 rows for 5e4 queries)",
-    "attack.shadow_count": "D-DAE shadow models (default 5)",
-    "attack.shadow_epochs": "epochs per D-DAE shadow model (default 3)",
+    "attack.table_source.count": "D-DAE shadow models (default 5)",
+    "substitute.shadow_epochs": "epochs per D-DAE shadow model (default 3)",
 }
 
 

@@ -104,7 +104,7 @@ def test_original_recipes_preset_is_the_spec_table(compose_cfg):
     assert (sub.epochs, sub.optimizer.lr, sub.optimizer.weight_decay) == (30, 0.1, 0.0)
     assert (sub.scheduler.step_size, sub.scheduler.gamma) == (10, 0.5)
     assert victim.select == "best_test" and sub.select == "best_test"
-    assert cfg.attack.shadow_epochs == 5
+    assert cfg.substitute.shadow_epochs == 5
     assert cfg.dataset._target_.endswith("EmbeddedMNIST")  # a delta: the rest stays the default
     default = compose_cfg()
     assert default.victim.select == "last" and default.substitute.select == "last"  # the fast recipe stays
@@ -129,3 +129,81 @@ def test_nested_knobs_are_recorded(compose_cfg):
     assert flat["policy.compat.clip_space"] == "pixel" and flat["policy.compat.eps_from_defense"] is True
     assert flat["victim.optimizer.momentum"] == 0.5 and flat["substitute.select"] == "best_test"
     assert not any(k.split(".")[-1].startswith("_") for k in flat) and "dataset.seed" not in flat
+
+
+def test_run_knobs_follow_the_run(compose_cfg):
+    """seed, device and progress are set once at the top; a group that takes one interpolates it
+    (${seed}, ${device}, ${progress}), so a seed sweep or device=cuda reaches every component."""
+    groups = ["dataset", "arch", "victim", "defense", "quantize", "recover", "policy", "attack", "substitute"]
+    seen = []
+    for group in groups:
+        for name in options(group):
+            raw = OmegaConf.to_container(compose_cfg(f"{group}={name}"), resolve=False)
+
+            def walk(node, where):
+                if isinstance(node, dict):
+                    for k, v in node.items():
+                        if k in ("seed", "device", "progress") and where:
+                            seen.append((where, k))
+                            assert v == f"${{{k}}}", (group, name, where, k, v)
+                        walk(v, f"{where}.{k}" if where else k)
+
+            walk({g: raw[g] for g in groups}, "")
+    assert {("recover", "seed"), ("recover", "device"), ("quantize", "seed")} <= set(seen)
+
+
+def test_run_keys_are_the_one_list(compose_cfg):
+    """conf/main.yaml run_keys: the directory name and the done-marker hash read the same list."""
+    from modelguard.stages.common import job_config_hash
+    cfg = compose_cfg()
+    hydra_cfg = OmegaConf.load(CONF / "hydra" / "default.yaml")
+    assert hydra_cfg.job.config.override_dirname._get_node("exclude_keys")._value() == "${oc.dict.keys:run_keys}"
+    assert {k for k, kind in cfg.run_keys.items() if kind == "path"} == {"attack", "defense", "seed"}
+    ignored = {k for k, kind in cfg.run_keys.items() if kind == "ignored"}
+    for override in ("threads=4", "device=auto", "fresh=true", "progress=false", "run_name=r", "sweep_name=s",
+                     "stages=[victim]", "wandb.mode=offline", "wandb.project=p", "paths.cache_dir=/elsewhere"):
+        key = override.split("=")[0]
+        assert key in ignored or key.split(".")[0] in ignored, key
+        assert job_config_hash(compose_cfg(override)) == job_config_hash(cfg), override
+    for override in ("attack.budget=5", "seed=1", "defense=top1", "substitute.shadow_epochs=2"):
+        assert job_config_hash(compose_cfg(override)) != job_config_hash(cfg), override
+
+
+def _defaults(cls) -> dict:
+    import inspect
+    return {n: p.default for n, p in inspect.signature(cls).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("option, node", [("attack/naive", "attack"), ("attack/bayes", "attack.table_source"),
+                                          ("attack/ddae_plus", "attack.table_source"),
+                                          ("attack/ddae", "attack.table_source"), ("policy/jbtr3", None),
+                                          ("policy/knockoff", None)])
+def test_base_options_list_the_class_defaults(option, node):
+    """The knobs a YAML lists (so that each can be overridden from the command line and is
+    recorded in metrics.json) are the class's own defaults: the YAML never silently differs
+    from the class, and the derived options (attack=top1, s4l, ...) state only their deltas."""
+    from hydra.utils import get_class
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{option}.yaml"))
+    for part in (node or "").split(".") if node else []:
+        raw = raw[part]
+    defaults = _defaults(get_class(raw["_target_"]))
+    listed = {k: v for k, v in raw.items() if not k.startswith("_")}
+    assert listed.keys() <= defaults.keys(), option
+    compat = listed.pop("compat", None)
+    assert listed == {k: defaults[k] for k in listed}, option
+    if compat is not None:
+        from modelguard.policy.jbda import COMPAT_DEFAULTS
+        assert compat == COMPAT_DEFAULTS
+    if option == "attack/naive":  # every AttackStrategy knob is listed
+        assert listed.keys() == defaults.keys()
+
+
+def test_derived_attack_options_state_only_deltas():
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "attack" / "naive.yaml"))["attack"]
+    for option in options("attack"):
+        if option == "naive":
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(CONF / "attack" / f"{option}.yaml")).get("attack", {})
+        same = [k for k, v in node.items() if k in base and base[k] == v]
+        assert not same, (option, same)

@@ -1,6 +1,6 @@
 """A 4-job sweep through a real SLURM (cluster=slurm): `pytest -m slurm`.
 
-Needs a running controller, e.g. `bash launchers/local_slurm.sh start` (one node, partition
+Needs a running controller, e.g. `bash dev/local_slurm.sh start` (one node, partition
 `debug`, no GPUs, accounting on so that sacct works). Skipped when `sinfo` does not answer."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _sacct_states(job_ids: set[str]) -> dict[str, str]:
 
 def test_sweep_through_real_slurm(tmp_path):
     if not _slurm_answers():
-        pytest.skip("no SLURM controller answers `sinfo` (start one: bash launchers/local_slurm.sh start)")
+        pytest.skip("no SLURM controller answers `sinfo` (start one: bash dev/local_slurm.sh start)")
     root = tmp_path / "sweeps" / "slurm"
     env = {**os.environ, "MODELGUARD_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "main.py", "-m", "sweep_name=slurm", "cluster=slurm", "experiment=smoke", "threads=1",

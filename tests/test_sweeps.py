@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from modelguard.report import collect, write_report
-from modelguard.stages.common import cached_artifact
+from modelguard.utils.cache import cached_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ("experiment=smoke", "threads=1")

@@ -4,9 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelguard.attack.augment import check_augment
-
-TABLE_SOURCES = ("none", "dirichlet", "shadows")
-SHADOW_SPLITS = ("auto", "disjoint", "all")
+from modelguard.recover.sources import TableSource
 
 
 @dataclass
@@ -14,7 +12,9 @@ class AttackStrategy:
     """What the attacker does with the defended API.
 
     Args:
-        budget: unique images queried (KnockoffNets) or total queries (JBDA-TR).
+        budget: images the attacker has answered, i.e. the size of its transfer set. The
+            queries they cost depend on the policy (``policy.max_queries``): budget ×
+            queries_per_image with KnockoffNets, budget with JBDA-TR (docs/decisions.md).
         query_batch_size: images per API call.
         hard_label: train on one-hot argmax labels (after averaging and recovery).
         queries_per_image: passes over the images; answers are averaged (smoothing: 3).
@@ -23,19 +23,11 @@ class AttackStrategy:
             original; the identity for the embedded MNIST family), or one named directly:
             "none", "shift" (random ±4 px shifts), "shift_flip".
         rotation_weight: weight of the S4L rotation loss on unlabeled pool images (0 = off).
-        table_source: clean samples of the recovery table: "none", "dirichlet" (around the
-            victim's clean outputs on the queries, the spec's strong adaptive attacker) or
-            "shadows" (shadow models' outputs on the queries, D-DAE).
+        table_source: where the recovery table's clean rows come from, a
+            ``modelguard.recover.sources`` object (``attack.table_source`` names its class:
+            ``DirichletPrior``, the spec's strong adaptive attacker; ``ShadowModels``, D-DAE),
+            or None for attacks without recovery.
         table_rows_per_query: recovery-table rows per query (the paper: 1e6 / 5e4 = 20).
-        concentration_factor: Dirichlet sharpness cf (alpha = y * K * cf).
-        shadow_count: shadow models trained for table_source="shadows" (the paper: 20).
-        shadow_epochs: training epochs of each shadow model.
-        shadow_split: which pool images each shadow trains on (each shadow also has its own
-            seeded class subset of size K, in a seeded order that is its label map): "all"
-            (the original: every image of its classes), "disjoint" (shadow i only its own
-            share of the pool, a seeded class-stratified split into shadow_count parts), or
-            "auto" (disjoint when the pool has exactly K classes, where every class subset is
-            the whole pool and the shadows would otherwise learn one task; "all" otherwise).
     """
 
     budget: int = 10000
@@ -45,16 +37,12 @@ class AttackStrategy:
     augment_queries: bool = False
     augment: str = "dataset"
     rotation_weight: float = 0.0
-    table_source: str = "none"
+    table_source: TableSource | None = None
     table_rows_per_query: int = 20
-    concentration_factor: float = 8.0
-    shadow_count: int = 0
-    shadow_epochs: int = 3
-    shadow_split: str = "auto"
 
     def __post_init__(self) -> None:
         if self.budget < 1:
-            raise ValueError(f"attack.budget={self.budget} is invalid: it must be >= 1 query")
+            raise ValueError(f"attack.budget={self.budget} is invalid: it must be >= 1 image")
         if self.query_batch_size < 1:
             raise ValueError(f"attack.query_batch_size={self.query_batch_size} is invalid: it must be >= 1")
         if self.queries_per_image < 1:
@@ -62,20 +50,10 @@ class AttackStrategy:
         check_augment(self.augment)
         if self.rotation_weight < 0:
             raise ValueError(f"attack.rotation_weight={self.rotation_weight} is invalid: it must be >= 0")
-        if self.table_source not in TABLE_SOURCES:
-            raise ValueError(f"attack.table_source={self.table_source!r} is invalid: choose one of "
-                             f"{', '.join(TABLE_SOURCES)}")
+        if self.table_source is not None and not isinstance(self.table_source, TableSource):
+            raise ValueError(f"attack.table_source={self.table_source!r} is invalid: it is a node naming a table "
+                             "source class (_target_: modelguard.recover.sources.DirichletPrior or "
+                             "modelguard.recover.sources.ShadowModels) or null; choose attack=bayes, ddae_plus "
+                             "or ddae, which set it")
         if self.table_rows_per_query < 1:
             raise ValueError(f"attack.table_rows_per_query={self.table_rows_per_query} is invalid: it must be >= 1")
-        if self.concentration_factor <= 0:
-            raise ValueError(f"attack.concentration_factor={self.concentration_factor} is invalid: it must be > 0")
-        if self.shadow_split not in SHADOW_SPLITS:
-            raise ValueError(f"attack.shadow_split={self.shadow_split!r} is invalid: allowed values are "
-                             f"{', '.join(SHADOW_SPLITS)}; set attack.shadow_split=auto (disjoint image shares "
-                             "when the pool has only K classes, the original's rule otherwise)")
-        if self.shadow_epochs < 1:
-            raise ValueError(f"attack.shadow_epochs={self.shadow_epochs} is invalid: it must be >= 1 "
-                             "(the paper: 5)")
-        if self.table_source == "shadows" and self.shadow_count < 1:
-            raise ValueError(f"attack.shadow_count={self.shadow_count} is invalid with attack.table_source=shadows: "
-                             "train at least one shadow model, e.g. attack.shadow_count=5")

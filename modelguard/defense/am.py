@@ -65,16 +65,10 @@ class AdaptiveMisinformation(Defense):
             )
         self.tau = float(tau)
         self.adaptive = adaptive
-        self.misinformation_model: torch.nn.Module | None = None
-        if misinformation_model is not None:
-            self.set_misinformation_model(misinformation_model)
-
-    def set_misinformation_model(self, model: torch.nn.Module) -> "AdaptiveMisinformation":
-        """Attach f̂ (trained by the pipeline with :func:`misinformation_loss`)."""
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"set_misinformation_model takes a torch.nn.Module, got {type(model).__name__}")
-        self.misinformation_model = model
-        return self
+        if misinformation_model is not None and not isinstance(misinformation_model, torch.nn.Module):
+            raise TypeError(f"AM's misinformation_model must be a torch.nn.Module, got "
+                            f"{type(misinformation_model).__name__}")
+        self.misinformation_model = misinformation_model  # f̂, trained by the pipeline with misinformation_loss
 
     def to(self, device: torch.device | str) -> "AdaptiveMisinformation":
         if self.misinformation_model is not None:
@@ -85,8 +79,8 @@ class AdaptiveMisinformation(Defense):
         model = self.misinformation_model
         if model is None:
             raise ValueError(
-                "AdaptiveMisinformation.xinfo needs the misinformation model: call "
-                "defense.set_misinformation_model(model) before querying"
+                "AdaptiveMisinformation.xinfo needs the misinformation model: build it with "
+                "misinformation_model=model (instantiate(cfg.defense, misinformation_model=model)) before querying"
             )
         was_training = model.training
         model.eval()

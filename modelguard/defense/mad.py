@@ -264,16 +264,9 @@ class MAD(Defense):
         self.oracle = oracle
         self.objective = objective
         self.top1_preserve = oracle == "argmax"
-        self.proxy: torch.nn.Module | None = None
-        if proxy is not None:
-            self.set_proxy(proxy)
-
-    def set_proxy(self, proxy: torch.nn.Module) -> "MAD":
-        """Attach the defender's guess of the attacker's model (built by the pipeline)."""
-        if not isinstance(proxy, torch.nn.Module):
-            raise TypeError(f"MAD.set_proxy takes a torch.nn.Module, got {type(proxy).__name__}")
-        self.proxy = proxy
-        return self
+        if proxy is not None and not isinstance(proxy, torch.nn.Module):
+            raise TypeError(f"MAD's proxy must be a torch.nn.Module, got {type(proxy).__name__}")
+        self.proxy = proxy  # the defender's guess of the attacker's model (built by the pipeline)
 
     def to(self, device: torch.device | str) -> "MAD":
         if self.proxy is not None:
@@ -283,8 +276,8 @@ class MAD(Defense):
     def xinfo(self, x: torch.Tensor) -> torch.Tensor:
         if self.proxy is None:
             raise ValueError(
-                "MAD.xinfo needs the proxy model: call defense.set_proxy(model) (or build MAD with "
-                "proxy=model) before querying"
+                "MAD.xinfo needs the proxy model: build MAD with proxy=model "
+                "(instantiate(cfg.defense, proxy=model)) before querying"
             )
         with torch.no_grad():
             logits = self.proxy(x)

@@ -1,25 +1,40 @@
 """What stages share: building data and models from the config, the victim cache, done markers."""
 from __future__ import annotations
 
-import hashlib
-import json
+import inspect
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.utils.cache import config_hash
 from modelguard.utils.device import resolve_device
-from modelguard.utils.io import file_lock, load_json, load_tensors, save_json, save_tensors
+from modelguard.utils.io import load_json, load_tensors, save_json, save_tensors
 
 
-def config_hash(*nodes: Any) -> str:
-    """Short stable hash of resolved config nodes (plain values)."""
-    plain = [OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def plain(node: Any) -> Any:
+    """A config node as plain, resolved values (anything else unchanged)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def node_hash(*nodes: Any) -> str:
+    """Short stable hash of resolved config nodes and plain values (``utils.cache.config_hash``)."""
+    return config_hash(*(plain(n) for n in nodes))
+
+
+def runtime_inputs(fn: Callable, providers: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The keyword arguments ``fn`` takes from ``providers``, built now; the others are never built.
+
+    How a stage hands library objects what exists only at run time: a class or method declares
+    each runtime input it takes by naming it as a parameter (MAD's ``proxy``, JBDA-TR's
+    ``train_substitute``), and the stage keeps one table saying how to build each name. Nothing
+    is probed on the object, and nothing it did not ask for is built."""
+    wanted = inspect.signature(fn).parameters
+    return {name: build() for name, build in providers.items() if name in wanted}
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -50,25 +65,9 @@ def _short_name(node: DictConfig) -> str:
 
 def victim_dir(cfg: DictConfig) -> Path:
     """Shared cache of the victim, keyed by dataset, architecture, seed and training recipe."""
-    key = config_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed)
+    key = node_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed)
     return (Path(cfg.paths.cache_dir) / "victims" / f"{_short_name(cfg.dataset)}-{_short_name(cfg.arch)}"
             / f"seed={cfg.seed}" / key)
-
-
-def cached_artifact(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Build an artifact directory once, even with concurrent jobs: lock, re-check, build, mark done.
-
-    ``build(directory)`` writes its files (atomically) and returns metrics; the ``done.json``
-    marker is written last, so a reader never sees a half-built artifact."""
-    done = directory / "done.json"
-    if done.exists():
-        return load_json(done)
-    with file_lock(directory / ".lock"):
-        if done.exists():
-            return load_json(done)
-        metrics = build(directory)
-        save_json(metrics, done)
-        return metrics
 
 
 def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
@@ -96,11 +95,33 @@ def mark_done(cfg: DictConfig, name: str, metrics: dict[str, Any]) -> None:
     save_json({"config": job_config_hash(cfg), "metrics": metrics}, output_dir(cfg) / "stages" / f"{name}.json")
 
 
+def ignored_keys(cfg: DictConfig) -> list[str]:
+    """The keys that do not change results (``run_keys`` marked ``ignored`` in conf/main.yaml)."""
+    return [k for k, kind in cfg.run_keys.items() if kind == "ignored"]
+
+
+def science(cfg: DictConfig) -> dict[str, Any]:
+    """The unresolved config without ``run_keys`` and the ignored keys: what changes results."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("run_keys", None)
+    for key in ignored_keys(cfg):
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
+def science_groups(cfg: DictConfig) -> list[str]:
+    """The config's science nodes (dataset, arch, victim, defense, ...), in config order."""
+    return [k for k, v in science(cfg).items() if isinstance(v, dict)]
+
+
 def job_config_hash(cfg: DictConfig) -> str:
-    """Hash of the science config (what changes results), leaving out paths, logging and stages."""
-    science = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items()
-               if k not in ("paths", "stages", "wandb", "fresh", "sweep_name", "progress", "threads", "device")}
-    return config_hash(science)
+    """Hash of the science config (what changes results): the done markers' key."""
+    return node_hash(science(cfg))
 
 
 def save_artifact(obj: Any, cfg: DictConfig, name: str) -> Path:

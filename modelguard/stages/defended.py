@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
-from modelguard.stages.common import build_model, cached_artifact, device_of, load_victim, victim_dir
+from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, victim_dir
+from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator
 
@@ -49,13 +50,12 @@ def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn
 
 
 def build_defense(cfg: DictConfig, data: ExperimentData):
-    """Instantiate cfg.defense and hand it the side model it declares it needs."""
-    defense = instantiate(cfg.defense)
-    if hasattr(defense, "set_proxy"):
-        defense.set_proxy(build_proxy(cfg, data))
-    if hasattr(defense, "set_misinformation_model"):
-        defense.set_misinformation_model(load_misinformation_model(cfg, data))
-    return defense
+    """Instantiate cfg.defense with the side models its constructor names: ``proxy`` (MAD) and
+    ``misinformation_model`` (AM). A defense declares a side model by taking it as a constructor
+    argument of that name; only the side models it names are built."""
+    side_models = {"proxy": lambda: build_proxy(cfg, data),
+                   "misinformation_model": lambda: load_misinformation_model(cfg, data)}
+    return instantiate(cfg.defense, **runtime_inputs(get_class(cfg.defense._target_), side_models))
 
 
 def build_api(cfg: DictConfig, data: ExperimentData, budget: int | None = None) -> DefendedAPI:

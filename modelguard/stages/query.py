@@ -10,71 +10,63 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modelguard.attack.recovery import recover_labels
 from modelguard.defense.mad import MAD
 from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
-from modelguard.stages.common import load_data, output_dir
+from modelguard.stages.common import load_data, output_dir, runtime_inputs
 from modelguard.stages.defended import build_api
-from modelguard.utils.io import save_tensors
+from modelguard.stages.recovery import recover_labels
+from modelguard.stages.training import make_trainer
+from modelguard.stages.transfer import save_transfer
 from modelguard.utils.seed import make_generator
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     data = load_data(cfg)
     attack = instantiate(cfg.attack)
-    api = build_api(cfg, data, budget=attack.budget * attack.queries_per_image)
     policy = instantiate(cfg.policy)
+    api = build_api(cfg, data, budget=policy.max_queries(attack))
     log = policy.collect(api, data.query_pool.tensors[0], attack, make_generator(cfg.seed, "query"),
-                         progress=bool(cfg.progress), **policy_context(cfg, data, attack, policy, api))
+                         progress=bool(cfg.progress), **policy_inputs(cfg, data, attack, policy, api))
     labels, recover_metrics = recover_labels(cfg, data, api, attack, log)
     if attack.hard_label:
         labels = torch.nn.functional.one_hot(labels.argmax(1), labels.shape[1]).float()
-    transfer = {"pool_index": log.pool_index, "labels": labels.float(), "released": log.released.float(),
-                "clean": log.clean.float()}
-    if (log.pool_index < 0).any():
-        transfer["inputs"] = log.inputs[log.pool_index < 0].half()
-    save_tensors(transfer, output_dir(cfg) / "transfer.pt")
+    save_transfer(output_dir(cfg) / "transfer.pt", log, labels)
     metrics = {"queries": api.queries, "query/transfer_size": len(labels),
                "query/l1_mean": row_l1(log.clean.double(), log.released.double()).mean().item()}
     metrics.update(recover_metrics)
-    metrics.update(getattr(policy, "metrics", {}))
+    metrics.update(policy.metrics)
     return metrics
 
 
-def policy_context(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
-    """Extra call-site arguments a policy declares it needs: the pool family's train view
-    (KnockoffNets' augmented queries); substitute training, relabelling, the dataset's
-    normalisation and the defense's eps where the original took it (JBDA-TR)."""
-    context: dict[str, Any] = {}
-    if getattr(policy, "needs_dataset_view", False):
-        context["dataset_view"] = data.pool_train_view()
-    if getattr(policy, "needs_trainer", False):
-        from modelguard.stages.substitute import make_trainer
+def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
+    """The runtime inputs ``policy.collect`` names (``stages.common.runtime_inputs``): the pool
+    family's train view (KnockoffNets' augmented queries); substitute training, relabelling,
+    the dataset's normalisation and the defense's eps where the original took it (JBDA-TR)."""
+
+    def train_substitute():
         trainer = make_trainer(cfg, data)
-        context.update({
-            # JBDA-TR synthesises from the substitute as trained (the last epoch), as the original
-            # does with its in-memory model; substitute.select only picks the weights reported/saved.
-            "train_substitute": lambda inputs, labels, tag: trainer(inputs, labels, tag, keep="last"),
-            "relabel": lambda api_, log_: recover_labels(cfg, data, api_, attack, log_),
-            "defense_eps": original_epsilon(api.defense),
-            "mean": tuple(data.mean), "std": tuple(data.std),
-        })
-    return context
+        # JBDA-TR synthesises from the substitute as trained (the last epoch), as the original
+        # does with its in-memory model; substitute.select only picks the weights reported/saved.
+        return lambda inputs, labels, tag: trainer(inputs, labels, tag, keep="last")
+
+    return runtime_inputs(policy.collect, {
+        "dataset_view": data.pool_train_view,
+        "train_substitute": train_substitute,
+        "relabel": lambda: (lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)),
+        "defense_eps": lambda: original_epsilon(api.defense),
+        "mean": lambda: tuple(data.mean),
+        "std": lambda: tuple(data.std),
+    })
+
+
+# The defenses whose eps the original passed as an ``epsilon`` kwarg, which its JBDA-TR then
+# took as its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W (random noise's was
+# ``epsilon_z``, the quantizer's eps is separate). A fact about the original's code that joins
+# two groups, so it lives here, in the glue, not in the defense classes.
+ORIGINAL_EPSILON_KWARG: tuple[type, ...] = (MAD, ModelGuardW)
 
 
 def original_epsilon(defense) -> float | None:
-    """The eps the original passed as a defense ``epsilon`` kwarg, which its JBDA-TR then took as
-    its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W only (random noise's is
-    ``epsilon_z``, the quantizer's is separate)."""
-    return float(defense.eps) if isinstance(defense, (MAD, ModelGuardW)) else None
-
-
-def load_transfer_inputs(transfer: dict[str, torch.Tensor], pool: torch.Tensor) -> torch.Tensor:
-    """Images of a saved transfer set, in order: pool images by index, synthetic ones stored."""
-    index = transfer["pool_index"]
-    inputs = torch.empty((len(index), *pool.shape[1:]), dtype=pool.dtype)
-    inputs[index >= 0] = pool[index[index >= 0]]
-    if (index < 0).any():
-        inputs[index < 0] = transfer["inputs"].to(pool.dtype)
-    return inputs
+    """The defense's eps where the original's JBDA-TR took it (``ORIGINAL_EPSILON_KWARG``), else None."""
+    return float(defense.eps) if isinstance(defense, ORIGINAL_EPSILON_KWARG) else None

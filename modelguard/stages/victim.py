@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from modelguard.defense.am import misinformation_loss, outlier_exposure_loss
 from modelguard.engine import BestOnTest, batches, check_selection, predict_probs
 from modelguard.metrics import accuracy
-from modelguard.stages.common import build_model, cached_artifact, device_of, load_data, victim_dir
+from modelguard.stages.common import build_model, device_of, load_data, victim_dir
+from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator
 

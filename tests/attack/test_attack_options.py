@@ -7,12 +7,13 @@ from modelguard.run import run_experiment
 
 PLAIN = ["naive", "top1", "s4l", "smoothing", "qpi2"]
 ADAPTIVE = ["ddae", "ddae_plus", "bayes"]
-FAST_TABLE = ["attack.table_rows_per_query=4", "attack.shadow_count=2", "attack.shadow_epochs=1"]
+FAST_TABLE = ["attack.table_rows_per_query=4", "substitute.shadow_epochs=1"]
 
 
 def fast(attack: str) -> list[str]:
-    """Small tables and few decoder epochs, so each adaptive attack runs in seconds."""
-    return FAST_TABLE + ([] if attack == "bayes" else ["recover.epochs=3"])
+    """Small tables, few shadows and few decoder epochs, so each adaptive attack runs in seconds."""
+    return (FAST_TABLE + (["attack.table_source.count=2"] if attack == "ddae" else [])
+            + ([] if attack == "bayes" else ["recover.epochs=3"]))
 
 
 @pytest.mark.parametrize("attack", PLAIN)
@@ -49,5 +50,5 @@ def test_jbtr3_with_recovery(smoke, tmp_path):
 
 
 def test_recovery_without_table_source_is_explained(smoke, tmp_path):
-    with pytest.raises(ValueError, match="attack.table_source=none"):
+    with pytest.raises(ValueError, match="attack.table_source is null"):
         run_experiment(smoke("recover=table", "defense=mld", output_dir=tmp_path / "x"))

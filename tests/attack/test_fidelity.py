@@ -15,19 +15,21 @@ from hydra.utils import instantiate
 from modelguard.api import DefendedAPI
 from modelguard.arch.small import mlp
 from modelguard.attack.augment import query_view
-from modelguard.attack.jbda import JacobianAugmentation
-from modelguard.attack.knockoff import KnockoffRandom
-from modelguard.attack.shadows import plan_shadows, shadow_dir
+from modelguard.policy.jbda import JacobianAugmentation
+from modelguard.policy.knockoff import KnockoffRandom
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.embedded import EmbeddedMNIST
 from modelguard.dataset.transforms import identity_view, shift_flip_view
 from modelguard.defense.none import NoDefense
 from modelguard.defense.top1 import Top1
 from modelguard.engine import BestOnTest
+from modelguard.recover.shadows import plan_shadows
+from modelguard.recover.sources import ShadowModels
 from modelguard.run import run_experiment
-from modelguard.stages.common import build_model, config_hash, load_data
+from modelguard.stages.common import build_model, load_data, node_hash
 from modelguard.stages.query import original_epsilon
-from modelguard.stages.substitute import substitute_optimizer
+from modelguard.stages.recovery import shadow_dir
+from modelguard.stages.training import substitute_optimizer
 from modelguard.utils.io import load_tensors
 
 MEAN, STD = [0.3], [0.2]
@@ -100,8 +102,9 @@ def test_embedded_shadows_get_different_images_and_label_maps(compose_cfg):
     data = load_data(cfg)
     attack = instantiate(cfg.attack)
     labels = data.query_pool.tensors[1]
-    tasks = plan_shadows(labels, data.num_classes, attack.shadow_count, cfg.seed, attack.shadow_split)
-    assert len(tasks) == attack.shadow_count == 5
+    source = attack.table_source
+    tasks = source.plan(labels, data.num_classes, cfg.seed)
+    assert len(tasks) == source.count == 5 and source.split == "auto"
     for a, b in itertools.combinations(tasks, 2):
         assert not set(a.index.tolist()) & set(b.index.tolist())   # disjoint images
         assert not torch.equal(a.classes, b.classes)               # different label maps
@@ -128,15 +131,16 @@ def test_shadows_keep_the_class_subset_rule_when_the_pool_has_more_classes():
 
 def test_shadow_cache_key_changes_with_the_scheme_and_split(smoke):
     cfg = smoke("attack=ddae")
-    new = shadow_dir(cfg, 5, 3, "auto")
-    old = config_hash(cfg.dataset, cfg.arch, cfg.substitute, cfg.seed, 5, 3)  # the former key
+    new = shadow_dir(cfg, ShadowModels(5, "auto"))
+    old = node_hash(cfg.dataset, cfg.arch, cfg.substitute, cfg.seed, 5, 3)  # the scheme-1 key
     assert new.name != old
-    assert shadow_dir(cfg, 5, 3, "all") != new
+    assert shadow_dir(cfg, ShadowModels(5, "all")) != new
+    assert shadow_dir(smoke("attack=ddae", "substitute.shadow_epochs=2"), ShadowModels(5, "auto")) != new
 
 
 def test_ddae_reports_table_rows_per_query(smoke, tmp_path):
-    record = run_experiment(smoke("attack=ddae", "defense=reverse_sigmoid", "attack.shadow_count=2",
-                                  "attack.shadow_epochs=1", "recover.epochs=2", output_dir=tmp_path / "ddae"))
+    record = run_experiment(smoke("attack=ddae", "defense=reverse_sigmoid", "attack.table_source.count=2",
+                                  "substitute.shadow_epochs=1", "recover.epochs=2", output_dir=tmp_path / "ddae"))
     assert record["recover/table_rows_per_query"] == 2.0  # 2 shadows: one row each per query (paper: 20)
     assert record["recover/table_rows"] == 2 * record["queries"]
 

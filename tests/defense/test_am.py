@@ -83,8 +83,7 @@ def test_xinfo_runs_the_model_in_eval_mode_without_grad():
     with torch.no_grad():
         torch.testing.assert_close(info, torch.softmax(model(x), 1))
     assert am.to("cpu") is am
-    am2 = AdaptiveMisinformation()
-    assert am2.set_misinformation_model(model) is am2
+    assert not hasattr(am, "set_misinformation_model")  # the constructor is the only way in
 
 
 def test_errors():
@@ -99,10 +98,10 @@ def test_errors():
         am.perturb(y)
     with pytest.raises(ValueError, match="shape"):
         am.perturb(y, _rows([0.2, 0.3, 0.5]))
-    with pytest.raises(ValueError, match="set_misinformation_model"):
+    with pytest.raises(ValueError, match="misinformation_model=model"):
         am.xinfo(torch.zeros(1, 4))
     with pytest.raises(TypeError):
-        am.set_misinformation_model(object())
+        AdaptiveMisinformation(misinformation_model=object())
 
 
 def test_misinformation_loss_matches_closed_form_and_pushes_away_from_truth():

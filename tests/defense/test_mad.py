@@ -206,7 +206,7 @@ def test_validation():
         MAD(oracle="lp_argmax")
     with pytest.raises(ValueError, match="defense.objective='x'"):
         MAD(objective="x")
-    with pytest.raises(ValueError, match="set_proxy"):
+    with pytest.raises(ValueError, match="proxy=model"):
         MAD().xinfo(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="xinfo"):
         MAD().perturb(torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4))
@@ -283,13 +283,13 @@ def test_jacobian_shortcut_equals_full_objective(k):
         torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-10)
 
 
-def test_set_proxy_and_to():
-    mad = MAD()
+def test_proxy_is_a_constructor_argument_and_to():
     model = _TinyNet(3)
-    assert mad.set_proxy(model) is mad and mad.proxy is model
+    mad = MAD(proxy=model)
+    assert mad.proxy is model and not hasattr(mad, "set_proxy")
     assert mad.to("cpu") is mad
     with pytest.raises(TypeError):
-        mad.set_proxy("not a model")
+        MAD(proxy="not a model")
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import time
 
 import pytest
 
@@ -19,8 +19,17 @@ def test_offline_wandb_run_gets_the_metrics(smoke, tmp_path, monkeypatch):
     assert len(runs) == 1
     # wandb 0.31 keeps an offline run as a protobuf record log; the history and summary
     # records hold each metric's key and JSON value as plain strings.
-    log = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in ("victim/test_acc", "defense/protected_acc", "defense/l1_mean", "time/victim_s", "seed"):
+    # run.finish() can return before wandb's writer process has flushed the file (seen on a busy
+    # machine, before and after issue 9): wait for it, up to 30 s.
+    keys = ("victim/test_acc", "defense/protected_acc", "defense/l1_mean", "time/victim_s", "seed",
+            json.dumps(record["defense/protected_acc"]))
+    deadline = time.monotonic() + 30
+    while True:
+        log = next(runs[0].glob("run-*.wandb")).read_bytes()
+        if all(key.encode() in log for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for key in keys:
         assert key.encode() in log, key
     assert json.dumps(record["defense/protected_acc"]).encode() in log
 

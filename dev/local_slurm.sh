@@ -4,7 +4,7 @@
 # munge, MariaDB 10.11); no systemd needed: the daemons run detached and are tracked through
 # our own pid files.
 #
-#   bash launchers/local_slurm.sh [start|stop|restart|status|purge|help]     (default: start)
+#   bash dev/local_slurm.sh [start|stop|restart|status|purge|help]     (default: start)
 #
 #   start    apt-get install what is missing, write the config, start munged, MariaDB, slurmdbd,
 #            slurmctld and slurmd, wait until the node is idle. Idempotent: running daemons are
@@ -32,7 +32,7 @@ WAIT="${MODELGUARD_SLURM_WAIT:-120}"
 CLUSTER=modelguard
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
-TAG="# Written by modelguard's launchers/local_slurm.sh on every start; edits are lost."
+TAG="# Written by modelguard's dev/local_slurm.sh on every start; edits are lost."
 DB="$STATE/mariadb"          # owned by the mysql user: data/, socket, pid and log
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)   # start order; stop goes backwards
 

@@ -33,16 +33,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
-from modelguard.attack.knockoff import QueryLog
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.policy.base import QueryLog, QueryPolicy
 
 SPACES = ("normalized", "pixel")
 COMPAT_DEFAULTS: dict[str, Any] = {"eps_from_defense": True, "clip_space": "normalized", "eps_units": "normalized"}
 
 
-class JacobianAugmentation:
-    needs_trainer = True
-
+class JacobianAugmentation(QueryPolicy):
     def __init__(self, seed_size: int = 1000, variants: int = 3, step_eps: float = 0.1, steps: int = 8,
                  step_scale: float = 1.85, max_rounds: int | None = None,
                  substitute_weight_decay: float | None = 5e-4, compat: Mapping[str, Any] | None = None):
@@ -68,7 +66,12 @@ class JacobianAugmentation:
         self.max_rounds = max_rounds
         self.substitute_weight_decay = substitute_weight_decay
         self.compat = _check_compat(compat)
-        self.metrics: dict[str, Any] = {}
+        super().__init__()
+
+    def max_queries(self, attack: AttackStrategy) -> int:
+        """Every seed and synthetic image is queried once: the budget in images is the budget in
+        queries (``queries_per_image`` and query augmentation do not apply to JBDA-TR)."""
+        return attack.budget
 
     def effective_eps(self, defense_eps: float | None) -> float:
         """The PGD radius: the defense's eps under compat.eps_from_defense, else step_eps."""
@@ -103,7 +106,7 @@ class JacobianAugmentation:
         return (x + delta).detach()
 
     def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
-                train_substitute: Callable, relabel: Callable, progress: bool = True,
+                progress: bool = True, *, train_substitute: Callable, relabel: Callable,
                 defense_eps: float | None = None, mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None) -> QueryLog:
         """``defense_eps``: the defense's eps when the original would have taken it (MAD,

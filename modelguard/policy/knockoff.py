@@ -1,8 +1,6 @@
 """KnockoffNets "random" query policy (spec attacks §8.1)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from tqdm.auto import tqdm
 
@@ -10,28 +8,16 @@ from modelguard.api import DefendedAPI
 from modelguard.attack.augment import query_view
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.transforms import View
+from modelguard.policy.base import QueryLog, QueryPolicy
 
 
-@dataclass
-class QueryLog:
-    """What a query policy collected: images, the answers as released, and (for evaluation and
-    the strong adaptive attacker of spec §12.4 only) the victim's clean answers."""
-
-    inputs: torch.Tensor          # [N, C, H, W] pixel-space images that were queried
-    released: torch.Tensor        # [N, K] released answers (averaged over passes)
-    clean: torch.Tensor           # [N, K] clean answers on the first pass
-    pool_index: torch.Tensor      # [N] index into the query pool, -1 for synthetic images
-
-
-class KnockoffRandom:
+class KnockoffRandom(QueryPolicy):
     """Query a seeded random permutation of the pool, ``budget`` unique images, in batches.
 
     With ``attack.augment_queries`` every pass queries a fresh view of each image
     (``attack.augment``: ``dataset`` = ``dataset_view``, the pool family's train transform that
     the query stage passes in). The transfer set keeps the plain images, and the clean answers
     are those of the first pass (spec attacks §12.13)."""
-
-    needs_dataset_view = True
 
     def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy,
                 generator: torch.Generator, progress: bool = True,
@@ -43,8 +29,7 @@ class KnockoffRandom:
         view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
         released_sum = None
         clean = None
-        total = attack.budget * attack.queries_per_image
-        bar = tqdm(total=total, desc="query", unit="img", disable=not progress, leave=False)
+        bar = tqdm(total=self.max_queries(attack), desc="query", unit="img", disable=not progress, leave=False)
         for qpass in range(attack.queries_per_image):
             outs, cleans = [], []
             for start in range(0, attack.budget, attack.query_batch_size):

@@ -1,0 +1,50 @@
+"""Stage query: the transfer set, the API's budget, and the policy's runtime inputs."""
+from __future__ import annotations
+
+from hydra.utils import instantiate
+
+from modelguard.stages import query, victim
+from modelguard.stages.common import load_data
+from modelguard.stages.query import original_epsilon, policy_inputs
+from modelguard.stages.transfer import load_transfer
+from modelguard.utils.io import load_tensors
+
+
+def test_query_stage_writes_the_transfer_set(smoke, tmp_path):
+    cfg = smoke("attack=smoothing", "attack.augment=shift", output_dir=tmp_path / "run")
+    victim.run(cfg)
+    metrics = query.run(cfg)
+    assert metrics["queries"] == 3 * cfg.attack.budget and metrics["query/transfer_size"] == cfg.attack.budget
+    transfer = load_tensors(tmp_path / "run" / "transfer.pt")
+    assert set(transfer) == {"pool_index", "labels", "released", "clean"}
+    inputs, labels = load_transfer(tmp_path / "run" / "transfer.pt", load_data(cfg).query_pool.tensors[0])
+    assert len(inputs) == len(labels) == cfg.attack.budget
+
+
+def test_jbda_transfer_keeps_synthetic_images(smoke, tmp_path):
+    cfg = smoke("policy=jbtr3", "policy.seed_size=32", "defense=top1", output_dir=tmp_path / "run")
+    victim.run(cfg)
+    metrics = query.run(cfg)
+    assert metrics["queries"] == cfg.attack.budget and metrics["jbda/rounds"] >= 2
+    transfer = load_tensors(tmp_path / "run" / "transfer.pt")
+    assert (transfer["pool_index"] < 0).sum() == len(transfer["inputs"]) > 0
+
+
+def test_policies_get_only_the_inputs_they_name(smoke):
+    cfg = smoke()
+    victim.run(cfg)
+    data = load_data(cfg)
+    attack = instantiate(cfg.attack)
+    knockoff = instantiate(cfg.policy)
+    assert set(policy_inputs(cfg, data, attack, knockoff, api=None)) == {"dataset_view"}
+    jbtr3 = instantiate(smoke("policy=jbtr3").policy)
+    from modelguard.stages.defended import build_api
+    inputs = policy_inputs(cfg, data, attack, jbtr3, build_api(cfg, data))
+    assert set(inputs) == {"train_substitute", "relabel", "defense_eps", "mean", "std"}
+    assert inputs["defense_eps"] == 1.0 and inputs["mean"] == tuple(data.mean)
+
+
+def test_original_epsilon_is_mad_and_modelguard_w_only(compose_cfg):
+    eps = {name: original_epsilon(instantiate(compose_cfg(f"defense={name}").defense))
+           for name in ("mld", "mad", "am", "random_noise", "none")}
+    assert eps == {"mld": 1.0, "mad": 1.0, "am": None, "random_noise": None, "none": None}
