@@ -77,13 +77,15 @@ def _informative(rows: list[dict[str, Any]], config: list[str]) -> list[str]:
     return keep
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A metric value as a float; None for bools, strings and NaN (absent or failed)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return None if math.isnan(value) else float(value)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -125,13 +127,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             members = groups[group]
             cells = [_fmt(members[0].get(k)) for k in keys] + [str(len(members))]
             for m in metrics:
-                values = [v for v in (_number(r.get(m)) for r in members) if v is not None]
+                values = [v for v in (number(r.get(m)) for r in members) if v is not None]
                 if not values:
                     cells.append("")
                 elif len(values) == 1:
                     cells.append(_fmt(values[0]))
                 else:
-                    mean, std = _mean_std(values)
+                    mean, std = mean_std(values)
                     cells.append(f"{mean:.4g} ± {std:.2g}")
             lines.append("| " + " | ".join(cells) + " |")
     else:
@@ -167,7 +169,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METR
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     ok = [r for r in rows if r.get("status") == "ok"
-          and _number(r.get(x_metric)) is not None and _number(r.get(Y_METRIC)) is not None]
+          and number(r.get(x_metric)) is not None and number(r.get(Y_METRIC)) is not None]
     if not ok:
         return False
     config, _ = _columns(ok)
@@ -203,11 +205,11 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METR
             points: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
             for r in members:
                 points[tuple(r.get(k) for k in knobs)].append(r)
-            order = sorted(points, key=lambda p: [(_number(v) if _number(v) is not None else str(v)) for v in p])
+            order = sorted(points, key=lambda p: [(number(v) if number(v) is not None else str(v)) for v in p])
             xs, ys, xerr, yerr = [], [], [], []
             for p in order:
-                mx, sx = _mean_std([float(r[x_metric]) for r in points[p]])
-                my, sy = _mean_std([float(r[Y_METRIC]) for r in points[p]])
+                mx, sx = mean_std([float(r[x_metric]) for r in points[p]])
+                my, sy = mean_std([float(r[Y_METRIC]) for r in points[p]])
                 xs.append(mx), ys.append(my), xerr.append(sx), yerr.append(sy)
             label = defense + "".join(f", {k.split('/', 1)[-1]}={v}" for k, v in zip(others, curve[1:]))
             if knobs:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/results_doc.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from modelguard.report import plot_tradeoff  # noqa: E402
+from modelguard.report import mean_std, number, plot_tradeoff  # noqa: E402
 from modelguard.utils.io import _atomic_write  # noqa: E402
 
 DEFENSE_ORDER = ("none", "top1", "topk", "rounding", "reverse_sigmoid", "random_noise", "mad", "am", "mld",
@@ -95,18 +95,7 @@ def _ordered(names: Iterable[str], order: tuple[str, ...]) -> list[str]:
     return [n for n in order if n in names] + sorted(names - set(order))
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if math.isnan(value) else float(value)
-
-
 # --------------------------------------------------------------------------- formatting
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
 
 def cell(values: list[float], expected: int, digits: int = 3) -> str:
     """`0.805 ± 0.012`; `(n=2)` appended when the number of jobs is not the number of seeds (some
@@ -129,7 +118,7 @@ def md_table(header: list[str], rows: list[list[str]], numeric: bool = True) -> 
 # --------------------------------------------------------------------------- tables
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
-    return [v for v in (_num(r.get(key)) for r in rows) if v is not None]
+    return [v for v in (number(r.get(key)) for r in rows) if v is not None]
 
 
 def defense_table(ok: list[dict[str, Any]], defenses: list[str], seeds: int) -> str:
@@ -182,7 +171,7 @@ def timing_table(ok: list[dict[str, Any]], attacks: list[str]) -> str:
     """Measured cost per job: the sum of its stage times (time/*_s), mean and max per attack."""
     body = []
     for a in attacks:
-        totals = [sum(v for k, v in r.items() if k.startswith("time/") and _num(v) is not None)
+        totals = [sum(v for k, v in r.items() if k.startswith("time/") and number(v) is not None)
                   for r in ok if str(r.get("choice/attack")) == a]
         if totals:
             body.append([f"`{a}`", str(len(totals)), f"{statistics.fmean(totals):.1f}", f"{max(totals):.1f}",
@@ -242,7 +231,7 @@ def changed_settings(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, st
         for r in members:
             for key, value in r.items():
                 if key in defaults and not isinstance(defaults[key], (dict, list)) and value != defaults[key]:
-                    if _num(value) is not None and _num(defaults[key]) is not None \
+                    if number(value) is not None and number(defaults[key]) is not None \
                             and math.isclose(float(value), float(defaults[key])):
                         continue
                     found[(key, str(defaults[key]), str(value))].add(str(r.get("choice/attack")))
@@ -305,7 +294,7 @@ def plot_recovery(ok: list[dict[str, Any]], defenses: list[str], attacks: list[s
     tick: the released answers' L1 (before recovery). Lower bars = better recovery."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in ok if str(r.get("choice/attack")) in attacks and _num(r.get("recover/l1_mean")) is not None]
+    rows = [r for r in ok if str(r.get("choice/attack")) in attacks and number(r.get("recover/l1_mean")) is not None]
     if not rows:
         return False
     fig = Figure(figsize=(max(6.0, 1.1 * len(defenses) + 2), 4.4), layout="constrained")
@@ -350,7 +339,7 @@ def build(sweep_dir: Path, out: Path, img_dir: Path, command: str, wall_seconds:
     defenses = _ordered({defense_label(r) for r in rows}, DEFENSE_ORDER)
     attacks = _ordered({str(r.get("choice/attack")) for r in rows}, ATTACK_ORDER)
     adaptive = [a for a in attacks if a in ADAPTIVE or any(
-        str(r.get("choice/attack")) == a and _num(r.get("recover/l1_mean")) is not None for r in ok)]
+        str(r.get("choice/attack")) == a and number(r.get("recover/l1_mean")) is not None for r in ok)]
     seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None}, key=str)
     now = now or dt.datetime.now(dt.timezone.utc)
 
@@ -397,7 +386,7 @@ def build(sweep_dir: Path, out: Path, img_dir: Path, command: str, wall_seconds:
                      "so their time is not in it")
         lines.append(f"| wall time | {wall} |")
     if ok:
-        core = sum(v for r in ok for k, v in r.items() if k.startswith("time/") and _num(v) is not None)
+        core = sum(v for r in ok for k, v in r.items() if k.startswith("time/") and number(v) is not None)
         lines.append(f"| compute | {core / 60:.1f} min summed over the jobs' stage times (time/*_s) |")
     lines.append("")
     mixed = mixed_settings(ok)
