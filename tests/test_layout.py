@@ -108,3 +108,17 @@ def test_attack_options_target_the_attack_package():
         source = node.get("table_source")
         if source:  # a nested node naming its class: the recovery table's source
             assert source["_target_"].startswith("modelguard.recover.sources."), option.name
+
+
+SEEDED_HERE = ("stages", "policy", "attack", "recover/shadows.py", "recover/sources.py", "api.py", "engine.py",
+               "metrics.py")
+
+
+def test_pipeline_seeds_only_through_named_streams():
+    """The stages and the attacker's code take every seed from a named stream of utils/seed.py
+    (make_generator, seed_torch): no ad hoc torch.manual_seed(seed + k). Components that get a
+    seed knob (dataset, random noise, ModelGuard-S, the recovery network) seed their own."""
+    for path in modules():
+        rel = str(path.relative_to(PACKAGE))
+        if rel.startswith(SEEDED_HERE):
+            assert "manual_seed(" not in path.read_text(), rel

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from modelguard.engine import fit, predict_probs
-from modelguard.utils.seed import make_generator
+from modelguard.utils.seed import make_generator, seed_torch
 
 SPLITS = ("auto", "disjoint", "all")
 
@@ -81,7 +81,7 @@ def train_shadows(tasks: list[ShadowTask], pool: torch.Tensor, make_model: Calla
     factories, as ``engine.fit`` takes them)."""
     models = []
     for i, task in enumerate(tasks):
-        torch.manual_seed(make_generator(seed, f"shadow-{i}-init").initial_seed())
+        seed_torch(seed, f"shadow-{i}-init")
         model = make_model()
         fit(model, pool[task.index], task.labels, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
             scheduler=scheduler, generator=make_generator(seed, f"shadow-{i}-batches"), device=device,

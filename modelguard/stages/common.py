@@ -63,9 +63,15 @@ def _short_name(node: DictConfig) -> str:
     return str(node.get("_target_", "x")).rsplit(".", 1)[-1]
 
 
+# Bump when the way a victim is initialised or trained changes: it is part of the cache key, so
+# victims (and MAD proxies) of an older scheme are never reused. 2: initialisation from the
+# named streams "victim-init" and "mad-proxy-init" (the global RNG was seeded with seed and seed + 1).
+VICTIM_SCHEME = 2
+
+
 def victim_dir(cfg: DictConfig) -> Path:
-    """Shared cache of the victim, keyed by dataset, architecture, seed and training recipe."""
-    key = node_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed)
+    """Shared cache of the victim, keyed by dataset, architecture, seed, training recipe and scheme."""
+    key = node_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed, f"scheme={VICTIM_SCHEME}")
     return (Path(cfg.paths.cache_dir) / "victims" / f"{_short_name(cfg.dataset)}-{_short_name(cfg.arch)}"
             / f"seed={cfg.seed}" / key)
 

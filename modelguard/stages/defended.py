@@ -12,7 +12,7 @@ from modelguard.dataset.base import ExperimentData
 from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, victim_dir
 from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
-from modelguard.utils.seed import make_generator
+from modelguard.utils.seed import make_generator, seed_torch
 
 
 def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
@@ -22,7 +22,7 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
     directory = victim_dir(cfg) / "mad_proxy"
 
     def build(d) -> dict[str, Any]:
-        torch.manual_seed(cfg.seed + 1)
+        seed_torch(cfg.seed, "mad-proxy-init")
         proxy = build_model(cfg.arch, data)
         x = data.victim_train.tensors[0]
         pick = torch.randperm(len(x), generator=make_generator(cfg.seed, "mad-proxy"))[:10]

@@ -17,7 +17,7 @@ from modelguard.attack.s4l import substitute_loss
 from modelguard.engine import BestOnTest, check_selection, fit, predict_probs
 from modelguard.metrics import accuracy, agreement
 from modelguard.stages.common import build_model, device_of, load_victim
-from modelguard.utils.seed import make_generator
+from modelguard.utils.seed import make_generator, seed_torch
 
 
 def substitute_optimizer(cfg: DictConfig) -> Callable:
@@ -46,7 +46,7 @@ def make_trainer(cfg: DictConfig, data) -> Callable[..., tuple[torch.nn.Module, 
     def train(inputs: torch.Tensor, labels: torch.Tensor, tag: str, keep: str = "selected"):
         if keep not in ("selected", "last"):
             raise ValueError(f"keep={keep!r} is invalid: use keep='selected' (substitute.select) or keep='last'")
-        torch.manual_seed(cfg.seed + 7)  # substitute initialisation
+        seed_torch(cfg.seed, "substitute-init")  # the same initialisation for every substitute of the run
         model = build_model(cfg.arch, data)
         loss_fn = substitute_loss(model, attack.rotation_weight, pool, make_generator(cfg.seed, f"s4l-{tag}"))
         best_on_test = BestOnTest()

@@ -22,7 +22,7 @@ from modelguard.metrics import accuracy
 from modelguard.stages.common import build_model, device_of, load_data, victim_dir
 from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import save_tensors
-from modelguard.utils.seed import make_generator
+from modelguard.utils.seed import make_generator, seed_torch
 
 
 def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     x_train, y_train = data.victim_train.tensors
     x_test, y_test = data.victim_test.tensors
     outliers = data.outliers.tensors[0]
-    torch.manual_seed(cfg.seed)  # model initialisation
+    seed_torch(cfg.seed, "victim-init")  # model initialisation
     victim = build_model(cfg.arch, data).to(device)
     misinformation = build_model(cfg.arch, data).to(device) if recipe.misinformation else None
     if misinformation is not None:
