@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData, to_pixels
 from modelguard.dataset.transforms import check_pool_transform
+from modelguard.utils.seed import make_generator
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
@@ -65,7 +66,7 @@ class EmbeddedMNIST:
         self.pool_train_transform = check_pool_transform(pool_train_transform)
 
     def load(self) -> ExperimentData:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = make_generator(self.seed, "dataset-embedded")
         digits = _load("mnist5k.npz")
         images = to_pixels(torch.from_numpy(digits["images"]))
         labels = torch.from_numpy(digits["labels"]).long()

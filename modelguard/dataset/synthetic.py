@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData
 from modelguard.dataset.transforms import check_pool_transform
+from modelguard.utils.seed import make_generator
 
 
 class SyntheticData:
@@ -31,7 +32,7 @@ class SyntheticData:
         self.pool_train_transform = check_pool_transform(pool_train_transform)
 
     def load(self) -> ExperimentData:
-        g = torch.Generator().manual_seed(self.seed)
+        g = make_generator(self.seed, "dataset-synthetic")
         shape = (self.in_channels, self.image_size, self.image_size)
         prototypes = torch.rand((self.num_classes, *shape), generator=g)
 

@@ -5,8 +5,8 @@ import torch
 
 from modelguard.defense.base import Defense, check_probs, release_dtype
 from modelguard.utils.checks import check_number
+from modelguard.utils.seed import make_generator
 
-_SIMULATE_STREAM = 0x5EED5171  # offsets the simulate generator's seed from the perturb one
 
 
 def project_l1_ball(v: torch.Tensor, radius: float) -> torch.Tensor:
@@ -71,8 +71,8 @@ class RandomNoise(Defense):
         self.norm = norm
         self.strategy = strategy
         self.seed = seed
-        self._gen = torch.Generator().manual_seed(seed)
-        self._sim_gen = torch.Generator().manual_seed((seed + _SIMULATE_STREAM) % 2**63)
+        self._gen = make_generator(seed, "random-noise")
+        self._sim_gen = make_generator(seed, "random-noise-simulate")
 
     def _noise(self, shape: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
         rows, k = shape

@@ -35,7 +35,8 @@ definition below (``_quantize_sequential``); batches below ``sequential_below`` 
 the definition itself. The tests check the two against each other on many streams.
 
 Randomness. Each Dirichlet search uses its own ``torch.Generator`` seeded from
-(``seed``, class, index of the new centroid within its class). So the draws depend only
+(the named stream ``modelguard-s`` of ``seed``, class, index of the new centroid within its
+class). So the draws depend only
 on the seed and the codebook's history, not on how the other classes' queries interleave
 or how the stream is cut into batches. This is what makes the class-parallel pass exact.
 """
@@ -51,6 +52,7 @@ from modelguard.defense.base import check_probs, release_dtype, row_distance
 from modelguard.quantize import _modelguard_s_kernels as kernels
 from modelguard.quantize.base import Quantizer
 from modelguard.utils.checks import check_number
+from modelguard.utils.seed import stream_seed
 
 __all__ = ["ModelGuardS", "row_distance"]
 
@@ -107,6 +109,7 @@ class ModelGuardS(Quantizer):
         self.concentration = check_number(concentration, "quantize.concentration", low=0, low_open=True,
                                           fix="set quantize.concentration=10.0 (the original's value)")
         self.seed = check_number(seed, "quantize.seed", integer=True, fix="set quantize.seed=0")
+        self._stream = stream_seed(self.seed, "modelguard-s")
         self._reset(0)
         self._warned: set[int] = set()
 
@@ -331,7 +334,7 @@ class ModelGuardS(Quantizer):
         m = existing.shape[0]
         if n == 0 or m == 0:
             return y
-        gen = torch.Generator(device="cpu").manual_seed(_mix64(self.seed, k, m))
+        gen = torch.Generator(device="cpu").manual_seed(_mix64(self._stream, k, m))
         alpha = (self.concentration * self._K * y.cpu()).clamp_min(_ALPHA_MIN)
         g = torch._standard_gamma(alpha.expand(n, -1).contiguous(), generator=gen)
         s = g / g.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

@@ -36,6 +36,7 @@ from modelguard.defense.base import row_chunks
 from modelguard.recover.base import Recoverer
 from modelguard.utils.checks import check_number
 from modelguard.utils.device import resolve_device
+from modelguard.utils.seed import make_generator, stream_seed
 
 #: The paper's recovery-network optimizer and LR schedule (the defaults of
 #: :class:`RecoveryNetwork` and of conf/recover/network.yaml).
@@ -136,7 +137,7 @@ class RecoveryNetwork(Recoverer):
         # Initialise under a forked global RNG so the weights depend on ``seed`` only and
         # the caller's RNG stream is left untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(stream_seed(self.seed, "recovery-init"))
             net = build_decoder(k)
         return net.to(self.device)
 
@@ -159,7 +160,7 @@ class RecoveryNetwork(Recoverer):
         n = x_all.shape[0]
         opt = self.optimizer(params=net.parameters())
         sched = self.scheduler(optimizer=opt) if self.scheduler is not None else None
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = make_generator(self.seed, "recovery-batches")
         self.history = []
         bar = tqdm(range(self.epochs), desc="recovery net", unit="epoch", disable=not self.progress, leave=False)
         for _ in bar:

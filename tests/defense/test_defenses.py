@@ -18,6 +18,7 @@ from modelguard.defense.am import AdaptiveMisinformation
 from modelguard.defense.base import Defense, release_dtype
 from modelguard.defense.mad import MAD
 from modelguard.defense.none import NoDefense
+from modelguard.utils.seed import make_generator
 from modelguard.defense.random_noise import RandomNoise, project_l1_ball
 from modelguard.defense.reverse_sigmoid import ReverseSigmoid
 from modelguard.defense.rounding import Rounding
@@ -159,7 +160,7 @@ def test_random_noise_follows_the_documented_recipe(norm, strategy):
     k, eps, seed = 7, 0.8, 11
     probs = make_probs("random", 4, k, 1, torch.float64)
     out = RandomNoise(eps, norm, strategy, seed).perturb(probs)
-    g = torch.Generator().manual_seed(seed)
+    g = make_generator(seed, "random-noise")  # the documented stream
     if strategy == "uniform":
         delta = torch.rand(4, k, generator=g, dtype=torch.float64) * (2 * eps / k ** (1.0 if norm == "l1" else 0.5))
     else:
@@ -426,7 +427,7 @@ def test_am_and_random_noise_formulas_on_pipeline_rows(K, family, pipeline_rows)
         torch.testing.assert_close(out.double(), (1 - h) * y + h * info.double(), rtol=ulp, atol=1e-15)
     eps, seed = 0.8, 5
     out = RandomNoise(eps, "l1", "uniform", seed).perturb(probs)
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed, "random-noise")
     delta = project_l1_ball(torch.rand(y.shape, generator=gen, dtype=torch.float64) * (2 * eps / K), eps)
     z = torch.sigmoid(torch.log(y) - torch.log1p(-y) + delta)
     assert out.dtype == rd
