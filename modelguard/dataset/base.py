@@ -6,18 +6,18 @@ pixel space [0, 1], shape [C, H, W]; normalisation is part of the model (see
 modelguard.arch), so an attacker perturbs images in pixel space (JBDA-TR maps to the
 model's normalised space where it reproduces the original, spec attacks §12.2).
 
-``pool_train_transform`` names the train-time view of the query pool's family (see
+``pool_train_view`` is the train-time view of the query pool's family (see
 modelguard.dataset.transforms); attacks that query "through the train transform" (smoothing)
-use ``pool_train_view()``.
+use it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import TensorDataset
 
-from modelguard.dataset.transforms import View, pool_view
+from modelguard.dataset.transforms import IdentityView, View
 
 
 @dataclass
@@ -32,11 +32,7 @@ class ExperimentData:
     victim_test: TensorDataset
     query_pool: TensorDataset
     outliers: TensorDataset
-    pool_train_transform: str = "none"
-
-    def pool_train_view(self) -> View:
-        """The query pool family's train transform as a batched view (identity for "none")."""
-        return pool_view(self.pool_train_transform)
+    pool_train_view: View = field(default_factory=IdentityView)
 
     def describe(self) -> str:
         return (f"{self.name}: victim train {len(self.victim_train)}, test {len(self.victim_test)}, "

@@ -15,8 +15,8 @@ class KnockoffRandom(QueryPolicy):
     """Query a seeded random permutation of the pool, ``budget`` unique images, in batches.
 
     With ``attack.augment_queries`` every pass queries a fresh view of each image
-    (``attack.augment``: ``dataset`` = ``dataset_view``, the pool family's train transform that
-    the query stage passes in). The transfer set keeps the plain images, and the clean answers
+    (``attack.augment``, or when it is None ``dataset_view``, the pool family's train transform
+    that the query stage passes in). The transfer set keeps the plain images, and the clean answers
     are those of the first pass (spec attacks §12.13)."""
 
     def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy,

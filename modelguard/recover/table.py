@@ -21,9 +21,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from modelguard.defense.base import release_dtype, row_chunks, row_distance
+from modelguard.defense.base import release_dtype
 # the lookup, re-exported for conf/recover/table.yaml's _target_ and existing imports
 from modelguard.recover.lookup import TableLookup, recover_reference  # noqa: F401
+from modelguard.utils.rows import row_chunks, row_distance
 
 ALPHA_MIN = 1e-8
 """Floor on the Dirichlet concentration: float32 softmax outputs can underflow to 0,
@@ -160,7 +161,7 @@ def epsilon_keep_mask(clean: torch.Tensor, perturbed: torch.Tensor, eps: float) 
     """Bool [N]: pairs with ‖clean − perturbed‖₁ ≤ ε (inclusive).
 
     Computed in float64 with the arithmetic of ModelGuard-S's own test
-    (:func:`~modelguard.defense.base.row_distance`), so for an L1 quantizer a pair
+    (:func:`~modelguard.utils.rows.row_distance`), so for an L1 quantizer a pair
     is kept exactly when the frozen quantizer found a centroid within ε. In float32 the
     sum rounds by ~1e-7 and ε itself becomes float32(ε): a pair at distance ε from its
     centroid (which the quantizer accepted) could be dropped, and a fallback pair just

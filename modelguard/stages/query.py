@@ -10,8 +10,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modelguard.defense.mad import MAD
-from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
 from modelguard.stages.common import load_data, output_dir, runtime_inputs
 from modelguard.stages.defended import build_api
@@ -51,22 +49,10 @@ def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
         return lambda inputs, labels, tag: trainer(inputs, labels, tag, keep="last")
 
     return runtime_inputs(policy.collect, {
-        "dataset_view": data.pool_train_view,
+        "dataset_view": lambda: data.pool_train_view,
         "train_substitute": train_substitute,
         "relabel": lambda: (lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)),
-        "defense_eps": lambda: original_epsilon(api.defense),
+        "defense_eps": lambda: api.defense.original_jbda_eps(),
         "mean": lambda: tuple(data.mean),
         "std": lambda: tuple(data.std),
     })
-
-
-# The defenses whose eps the original passed as an ``epsilon`` kwarg, which its JBDA-TR then
-# took as its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W (random noise's was
-# ``epsilon_z``, the quantizer's eps is separate). A fact about the original's code that joins
-# two groups, so it lives here, in the glue, not in the defense classes.
-ORIGINAL_EPSILON_KWARG: tuple[type, ...] = (MAD, ModelGuardW)
-
-
-def original_epsilon(defense) -> float | None:
-    """The defense's eps where the original's JBDA-TR took it (``ORIGINAL_EPSILON_KWARG``), else None."""
-    return float(defense.eps) if isinstance(defense, ORIGINAL_EPSILON_KWARG) else None

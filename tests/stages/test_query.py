@@ -5,13 +5,13 @@ from hydra.utils import instantiate
 
 from modelguard.stages import query, victim
 from modelguard.stages.common import load_data
-from modelguard.stages.query import original_epsilon, policy_inputs
+from modelguard.stages.query import policy_inputs
 from modelguard.stages.transfer import load_transfer
 from modelguard.utils.io import load_tensors
 
 
 def test_query_stage_writes_the_transfer_set(smoke, tmp_path):
-    cfg = smoke("attack=smoothing", "attack.augment=shift", output_dir=tmp_path / "run")
+    cfg = smoke("attack=smoothing", "+view@attack.augment=shift", output_dir=tmp_path / "run")
     victim.run(cfg)
     metrics = query.run(cfg)
     assert metrics["queries"] == 3 * cfg.attack.budget and metrics["query/transfer_size"] == cfg.attack.budget
@@ -44,7 +44,7 @@ def test_policies_get_only_the_inputs_they_name(smoke):
     assert inputs["defense_eps"] == 1.0 and inputs["mean"] == tuple(data.mean)
 
 
-def test_original_epsilon_is_mad_and_modelguard_w_only(compose_cfg):
-    eps = {name: original_epsilon(instantiate(compose_cfg(f"defense={name}").defense))
+def test_original_jbda_eps_is_mad_and_modelguard_w_only(compose_cfg):
+    eps = {name: instantiate(compose_cfg(f"defense={name}").defense).original_jbda_eps()
            for name in ("mld", "mad", "am", "random_noise", "none")}
     assert eps == {"mld": 1.0, "mad": 1.0, "am": None, "random_noise": None, "none": None}
