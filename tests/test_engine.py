@@ -5,6 +5,7 @@ import functools
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from modelguard.engine import (BestOnTest, batches, check_selection, default_loss, fit, predict_probs,
                                soft_cross_entropy)
@@ -44,7 +45,7 @@ def test_fit_trains_and_is_deterministic_given_the_generator():
     runs = []
     for _ in range(2):
         model = tiny_model()
-        history = fit(model, x, y, epochs=3, batch_size=16,
+        history = fit(model, TensorDataset(x, y), epochs=3, batch_size=16,
                       optimizer=functools.partial(torch.optim.SGD, lr=0.5),
                       scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
                       generator=torch.Generator().manual_seed(0), progress=False,
@@ -54,7 +55,7 @@ def test_fit_trains_and_is_deterministic_given_the_generator():
     assert runs[0][0][-1]["loss"] < runs[0][0][0]["loss"]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1].values(), runs[1][1].values()))
     with pytest.raises(ValueError, match="nothing to train on"):
-        fit(tiny_model(), x[:0], y[:0], epochs=1, batch_size=4, optimizer=torch.optim.SGD,
+        fit(tiny_model(), TensorDataset(x[:0], y[:0]), epochs=1, batch_size=4, optimizer=torch.optim.SGD,
             generator=torch.Generator(), progress=False)
 
 

@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, take
 from modelguard.policy.base import QueryLog, QueryPolicy
 from modelguard.utils.checks import check_number
 
@@ -106,26 +108,30 @@ class JacobianAugmentation(QueryPolicy):
                 delta = torch.maximum(torch.minimum(x + delta, hi), lo) - x
         return (x + delta).detach()
 
-    def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
+    def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
                 progress: bool = True, *, train_substitute: Callable, relabel: Callable,
                 defense_eps: float | None = None, mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None) -> QueryLog:
+                std: Sequence[float] | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
         """``defense_eps``: the defense's eps when the original would have taken it (MAD,
-        ModelGuard-W), else None; ``mean``/``std``: the dataset's normalisation."""
+        ModelGuard-W), else None; ``mean``/``std``: the dataset's normalisation.
+
+        JBDA-TR holds its images in memory (its seed set from the pool, then the synthetic
+        images it makes from them), as the original did: at most ``attack.budget`` images."""
+        pool = as_dataset(pool)
         budget = attack.budget
         eps = self.effective_eps(defense_eps)
         self.metrics["jbda/step_eps"] = eps
         self.metrics["jbda/step_size"] = self.step_scale * eps / self.steps
         seeds = torch.randperm(len(pool), generator=generator)[: min(self.seed_size, budget)]
-        inputs = [pool[seeds]]
+        inputs = [take(pool, seeds, loader)]
         index = [seeds]
-        released, clean = api.query_all(pool[seeds], attack.query_batch_size)
+        released, clean = api.query_all(inputs[0], attack.query_batch_size)
         answers, cleans = [released], [clean]
         rounds = 0
         bar = tqdm(total=budget, desc="query jbtr", unit="img", disable=not progress, leave=False)
         bar.update(api.queries)
         while api.queries < budget and (self.max_rounds is None or rounds < self.max_rounds):
-            log = QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
+            log = QueryLog(torch.cat(answers), torch.cat(cleans), torch.cat(index), inputs=torch.cat(inputs))
             labels, _ = relabel(api, log)
             substitute, metrics = train_substitute(log.inputs, labels.float(), f"round{rounds}")
             self.metrics[f"jbda/round{rounds}_size"] = len(log.inputs)
@@ -155,7 +161,7 @@ class JacobianAugmentation(QueryPolicy):
             rounds += 1
         bar.close()
         self.metrics["jbda/rounds"] = rounds
-        return QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
+        return QueryLog(torch.cat(answers), torch.cat(cleans), torch.cat(index), inputs=torch.cat(inputs))
 
 
 def _check_compat(compat: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.dataset.loading import LoaderSettings
 from modelguard.utils.cache import config_hash
 from modelguard.utils.device import resolve_device
 from modelguard.utils.io import load_json, load_tensors, save_json, save_tensors
@@ -43,6 +44,11 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def device_of(cfg: DictConfig) -> torch.device:
     return resolve_device(cfg.device)
+
+
+def loader_of(cfg: DictConfig) -> LoaderSettings:
+    """How the run reads datasets on disk (``cfg.loader``)."""
+    return instantiate(cfg.loader)
 
 
 @lru_cache(maxsize=4)

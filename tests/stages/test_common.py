@@ -46,7 +46,7 @@ def test_science_leaves_out_run_keys_and_ignored_keys(smoke):
     for key in ("run_keys", "paths", "wandb", "threads", "device", "progress", "fresh", "stages", "run_name"):
         assert key not in tree, key
     assert {"attack", "defense", "seed", "victim", "substitute"} <= set(tree)
-    assert science_groups(cfg) == ["dataset", "arch", "victim", "defense", "quantize", "recover", "policy",
+    assert science_groups(cfg) == ["loader", "dataset", "arch", "victim", "defense", "quantize", "recover", "policy",
                                    "attack", "substitute"]
 
 

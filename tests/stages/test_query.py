@@ -1,6 +1,7 @@
 """Stage query: the transfer set, the API's budget, and the policy's runtime inputs."""
 from __future__ import annotations
 
+import torch
 from hydra.utils import instantiate
 
 from modelguard.stages import query, victim
@@ -17,8 +18,10 @@ def test_query_stage_writes_the_transfer_set(smoke, tmp_path):
     assert metrics["queries"] == 3 * cfg.attack.budget and metrics["query/transfer_size"] == cfg.attack.budget
     transfer = load_tensors(tmp_path / "run" / "transfer.pt")
     assert set(transfer) == {"pool_index", "labels", "released", "clean"}
-    inputs, labels = load_transfer(tmp_path / "run" / "transfer.pt", load_data(cfg).query_pool.tensors[0])
-    assert len(inputs) == len(labels) == cfg.attack.budget
+    pool = load_data(cfg).query_pool
+    images, labels = load_transfer(tmp_path / "run" / "transfer.pt", pool).tensors
+    assert len(images) == len(labels) == cfg.attack.budget
+    assert torch.equal(images, pool.tensors[0][transfer["pool_index"]])
 
 
 def test_jbda_transfer_keeps_synthetic_images(smoke, tmp_path):
@@ -36,11 +39,11 @@ def test_policies_get_only_the_inputs_they_name(smoke):
     data = load_data(cfg)
     attack = instantiate(cfg.attack)
     knockoff = instantiate(cfg.policy)
-    assert set(policy_inputs(cfg, data, attack, knockoff, api=None)) == {"dataset_view"}
+    assert set(policy_inputs(cfg, data, attack, knockoff, api=None)) == {"dataset_view", "loader"}
     jbtr3 = instantiate(smoke("policy=jbtr3").policy)
     from modelguard.stages.defended import build_api
     inputs = policy_inputs(cfg, data, attack, jbtr3, build_api(cfg, data))
-    assert set(inputs) == {"train_substitute", "relabel", "defense_eps", "mean", "std"}
+    assert set(inputs) == {"train_substitute", "relabel", "defense_eps", "mean", "std", "loader"}
     assert inputs["defense_eps"] == 1.0 and inputs["mean"] == tuple(data.mean)
 
 
