@@ -52,7 +52,7 @@ def test_every_arch_builds_for_the_default_data(compose_cfg):
     data = load_data(compose_cfg("experiment=smoke"))
     for name in options("arch"):
         cfg = compose_cfg(f"arch={name}", "dataset=mnist")
-        model = build_model(cfg.arch, load_data(cfg))
+        model = build_model(cfg, load_data(cfg))
         assert model.head.out_features == 10, name
     assert data.num_classes == 4
 

@@ -67,3 +67,22 @@ def test_best_on_test_and_selection_knob():
     assert check_selection("best_test", "victim.select") == "best_test"
     with pytest.raises(ValueError, match="substitute.select='best'"):
         check_selection("best", "substitute.select")
+
+
+def test_speed_up_keeps_float32_logits_and_the_checkpoint():
+    """bf16 autocast (run here on the CPU, where torch supports it) and channels-last layout:
+    logits stay float32 and close to the plain model's; the state dict keys and values are unchanged."""
+    from modelguard.arch.small import lenet
+    torch.manual_seed(0)
+    plain = lenet(10, 1, 28, [0.5], [0.25])
+    fast = lenet(10, 1, 28, [0.5], [0.25])
+    fast.load_state_dict(plain.state_dict())
+    fast.speed_up(torch.bfloat16, channels_last=True)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        a, b = plain(x), fast(x)
+    assert b.dtype == torch.float32 and a.shape == b.shape
+    assert torch.allclose(a, b, atol=0.05) and not torch.equal(a, b)  # bf16 rounding, not another model
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert fast.features(x).dtype == torch.float32  # S4L's rotation head reads features outside autocast

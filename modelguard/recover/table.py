@@ -123,6 +123,7 @@ def simulate_table(
     xinfo: torch.Tensor | None = None,
     chunk: int = 65536,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The defense's offline answers for every clean table row (defenses.md §9.1 step 4).
 
@@ -136,7 +137,8 @@ def simulate_table(
     row per table row.
 
     The answers are stored in ``release_dtype`` of the clean rows' dtype, the dtype the
-    defenses answer in (float32 for a half-precision table, not rounded back to it).
+    defenses answer in (float32 for a half-precision table, not rounded back to it), on the
+    clean rows' device. ``device`` (e.g. the API's CUDA device) is where each chunk is simulated.
     """
     fn = simulate_fn.simulate if hasattr(simulate_fn, "simulate") else simulate_fn
     n = clean.shape[0]
@@ -152,7 +154,11 @@ def simulate_table(
             xi = None
             if xinfo is not None:
                 xi = xinfo[start:stop] if index is None else xinfo[index[start:stop].to(xinfo.device)]
-            out[start:stop] = fn(clean[start:stop], xi)
+            rows = clean[start:stop]
+            if device is not None:
+                rows = rows.to(device, non_blocking=True)
+                xi = None if xi is None else xi.to(device, non_blocking=True)
+            out[start:stop] = fn(rows, xi).to(out.device)
             bar.update(stop - start)
     return out
 

@@ -60,9 +60,14 @@ def load_data(cfg: DictConfig) -> ExperimentData:
     return _load_data(OmegaConf.to_yaml(cfg.dataset, resolve=True))
 
 
-def build_model(arch_cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
-    return instantiate(arch_cfg, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, mean=list(data.mean), std=list(data.std))
+def build_model(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
+    """A fresh ``cfg.arch`` model for ``data``; on CUDA with the run's speed settings (``amp``:
+    bfloat16 autocast of forward passes, ``channels_last``), which CPU runs ignore."""
+    model = instantiate(cfg.arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, mean=list(data.mean), std=list(data.std))
+    if device_of(cfg).type == "cuda":
+        model.speed_up(torch.bfloat16 if cfg.amp else None, bool(cfg.channels_last))
+    return model
 
 
 def _short_name(node: DictConfig) -> str:
@@ -87,7 +92,7 @@ def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
     if not (victim_dir(cfg) / "done.json").exists():  # written last: the victim's files are complete
         raise FileNotFoundError(f"no finished victim at {path.parent}; run the victim stage first "
                                 "(stages=[victim,...] or simply the default stages)")
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     model.load_state_dict(load_tensors(path))
     return model.eval()
 

@@ -24,7 +24,7 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
 
     def build(d) -> dict[str, Any]:
         seed_torch(cfg.seed, "mad-proxy-init")
-        proxy = build_model(cfg.arch, data)
+        proxy = build_model(cfg, data)
         pick = torch.randperm(len(data.victim_train), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
         proxy.train()
         with torch.no_grad():
@@ -33,7 +33,7 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
         return {}
 
     cached_artifact(directory, build)
-    proxy = build_model(cfg.arch, data)
+    proxy = build_model(cfg, data)
     proxy.load_state_dict(load_tensors(directory / "proxy.pt"))
     return proxy.eval()
 
@@ -44,7 +44,7 @@ def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn
         raise FileNotFoundError(
             f"defense=am needs the misinformation model trained with the victim, but {path} is missing; "
             "set victim.misinformation=true (the default) and rerun the victim stage")
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     model.load_state_dict(load_tensors(path))
     return model.eval()
 

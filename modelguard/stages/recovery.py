@@ -66,7 +66,7 @@ def build_recovery_table(cfg: DictConfig, data, api, attack, log) -> tuple[torch
     }))
     xinfo = api.side_information(log.images(data.query_pool), loader=loader_of(cfg))
     perturbed = simulate_table(clean.to(torch.float32), api.simulate, index=index, xinfo=xinfo,
-                               progress=bool(cfg.progress))
+                               progress=bool(cfg.progress), device=api.device)
     eps = cfg.quantize.get("eps")  # a quantizer with an eps ball (ModelGuard-S): the table's eps filter
     if eps is not None:
         clean, perturbed = epsilon_filter(clean, perturbed, float(eps))
@@ -94,7 +94,7 @@ def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.
     recipe = cfg.substitute
 
     def build(d: Path) -> dict[str, Any]:
-        models = train_shadows(tasks, pool, lambda: build_model(cfg.arch, data), epochs=int(recipe.shadow_epochs),
+        models = train_shadows(tasks, pool, lambda: build_model(cfg, data), epochs=int(recipe.shadow_epochs),
                                batch_size=recipe.batch_size, optimizer=instantiate(recipe.optimizer),
                                scheduler=instantiate(recipe.scheduler), seed=int(cfg.seed), device=device_of(cfg),
                                loader=loader_of(cfg),
@@ -108,7 +108,7 @@ def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.
     cached_artifact(directory, build)
     models = []
     for i in range(source.count):
-        model = build_model(cfg.arch, data)
+        model = build_model(cfg, data)
         model.load_state_dict(load_tensors(directory / f"shadow_{i}.pt"))
         models.append(model.eval())
     return models

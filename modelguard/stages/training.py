@@ -50,7 +50,7 @@ def make_trainer(cfg: DictConfig, data) -> Callable[..., tuple[torch.nn.Module, 
         if keep not in ("selected", "last"):
             raise ValueError(f"keep={keep!r} is invalid: use keep='selected' (substitute.select) or keep='last'")
         seed_torch(cfg.seed, "substitute-init")  # the same initialisation for every substitute of the run
-        model = build_model(cfg.arch, data)
+        model = build_model(cfg, data)
         loss_fn = substitute_loss(model, attack.rotation_weight, data.query_pool, make_generator(cfg.seed, f"s4l-{tag}"),
                                   loader=loader)
         best_on_test = BestOnTest()

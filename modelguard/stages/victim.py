@@ -34,8 +34,8 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     loader = loader_of(cfg)
     y_test = labels_of(data.victim_test)
     seed_torch(cfg.seed, "victim-init")  # model initialisation
-    victim = build_model(cfg.arch, data).to(device)
-    misinformation = build_model(cfg.arch, data).to(device) if recipe.misinformation else None
+    victim = build_model(cfg, data).to(device)
+    misinformation = build_model(cfg, data).to(device) if recipe.misinformation else None
     if misinformation is not None:
         misinformation.load_state_dict(victim.state_dict())  # same initialisation (spec §5.1)
     opt_v = instantiate(recipe.optimizer)(params=victim.parameters())

@@ -257,7 +257,7 @@ def test_best_test_selection_keeps_the_best_epoch(smoke, tmp_path):
     assert 1 <= record["victim/selected_epoch"] <= 3 and 1 <= record["surrogate/selected_epoch"] <= 4
     cfg = smoke()
     data = load_data(cfg)
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     model.load_state_dict(load_tensors(out / "substitute.pt"))
     x, y = data.victim_test.tensors
     with torch.no_grad():
