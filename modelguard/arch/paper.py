@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 import torchvision
 from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
 
 from modelguard.arch.base import Classifier
 from modelguard.arch.pretrained import load_pretrained
@@ -119,13 +120,17 @@ def vgg16_bn(num_classes: int, in_channels: int, image_size: int, mean, std, fam
     """VGG-16 with batch norm: cifar family (the CIFAR victims' arch: 512-d features, the
     original's initialisation) or imagenet family (torchvision's, 4096-d features)."""
     family = resolve_family("vgg16_bn", family, image_size)
-    net = torchvision.models.vgg16_bn(weights=None)
-    _first_conv(net.features, in_channels)
     if family == "cifar":
-        _require_side("vgg16_bn", family, net.features, image_size, want_one=True, sizes="32-63")
-        model = Classifier(_trunk(net.features), 512, num_classes, tuple(mean), tuple(std))
+        # torchvision's own builder of vgg16_bn's ``features`` (configuration D with batch norm),
+        # without its 25088 -> 4096 classifier, which the CIFAR variant drops anyway.
+        features = make_layers(cfgs["D"], batch_norm=True)
+        _first_conv(features, in_channels)
+        _require_side("vgg16_bn", family, features, image_size, want_one=True, sizes="32-63")
+        model = Classifier(_trunk(features), 512, num_classes, tuple(mean), tuple(std))
         init_cifar_vgg(model)
     else:
+        net = torchvision.models.vgg16_bn(weights=None)
+        _first_conv(net.features, in_channels)
         _require_side("vgg16_bn", family, net.features, image_size, want_one=False, sizes="at least 32")
         net.classifier[6] = nn.Identity()
         model = Classifier(net, 4096, num_classes, tuple(mean), tuple(std))

@@ -10,9 +10,9 @@ Under ``<data root>/cifar10/`` (``cifar100/``) we read, in this order of prefere
    10 (100) class folders, whose sorted names are the official label order;
 3. the **python release** (``cifar-10-batches-py/``, ``cifar-100-python/``), pickles, only with
    ``allow_pickle_release=true``. Even then no pickle runs arbitrary code: a restricted
-   unpickler resolves only the three numpy names an array needs (``_reconstruct``,
-   ``ndarray``, ``dtype``) and refuses any other global, so a tampered file fails instead of
-   executing. We still prefer the binary release, which needs no unpickling at all.
+   unpickler resolves only the numpy names an array needs (``_reconstruct``, ``ndarray``,
+   ``dtype``, and ``_codecs.encode``, which Python 3 writes for bytes) and refuses any other
+   global, so a tampered file fails instead of executing. We still prefer the binary release, which needs no unpickling at all.
 
 ``download=true`` fetches the binary release with torchvision's downloader (MD5 checked);
 torchvision's own CIFAR classes would fetch the python release, which we read only by opt-in.
@@ -185,13 +185,16 @@ class CIFAR100(_CIFAR):
 
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
+    import _codecs
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
     return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
             ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            # Python 3's protocol-2 pickles spell bytes as _codecs.encode(str, "latin1"): a pure function.
+            ("_codecs", "encode"): _codecs.encode}
 
 
 class _ArraysOnly(pickle.Unpickler):

@@ -10,7 +10,9 @@ The transforms end in ``ToTensor``: images stay in pixel space [0, 1] and the mo
 normalises them with the family's mean/std, its first layer (modelguard.arch.base). The
 statistics are listed here because the victim's family decides the model's normalisation.
 The optional "blur" view (the original's unused ``train_transform_blur``) is the test
-resize/crop followed by GaussianBlur(3, sigma in [0.1, 0.3]), no random crop or flip.
+resize/crop followed by GaussianBlur(3, sigma in [0.1, 0.3]), no random crop or flip; it blurs
+the float tensor, since on 8-bit pixels a blur this slight (neighbour weight <= 0.4%) rounds
+away.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class Family:
         if view == "test":
             return T.Compose([*resize, T.ToTensor()])
         if view == "blur":
-            return T.Compose([*resize, T.GaussianBlur(3, sigma=(0.1, 0.3)), T.ToTensor()])
+            return T.Compose([*resize, T.ToTensor(), T.GaussianBlur(3, sigma=(0.1, 0.3))])
         if self.name == "imagenet":
             return T.Compose([T.RandomResizedCrop(self.size), T.RandomHorizontalFlip(), T.ToTensor()])
         return T.Compose([T.Resize((self.size, self.size)), T.RandomCrop(self.size, padding=4),
