@@ -42,12 +42,12 @@ class CUB200(ImageSource):
         """File name -> is-train, from images.txt and train_test_split.txt."""
         listed, flags = self.folder / "images.txt", self.folder / "train_test_split.txt"
         file_of = {}
-        for number, fields in read_rows(listed, 2):
+        for number, fields in read_rows(listed):
             if len(fields) != 2:
                 raise self.error(f"line {number} of images.txt is not '<id> <class>/<file>'", listed)
             file_of[fields[0]] = os.path.basename(fields[1])
         by_file = {}
-        for number, fields in read_rows(flags, 2):
+        for number, fields in read_rows(flags):
             if len(fields) != 2 or fields[1] not in ("0", "1") or fields[0] not in file_of:
                 raise self.error(f"line {number} of train_test_split.txt is not '<id from images.txt> <0|1>'",
                                  flags)

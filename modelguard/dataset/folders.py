@@ -50,9 +50,9 @@ def scan_classes(root: Path, exclude: tuple[str, ...] = ()) -> tuple[list[str], 
     return classes, paths, labels, empty
 
 
-def read_rows(path: Path, columns: int) -> list[tuple[int, list[str]]]:
-    """Non-empty lines of a whitespace-separated list file as (line number, fields); lines with
-    fewer than ``columns`` fields are returned too, so the caller can name them."""
+def read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-empty lines of a whitespace-separated list file as (line number, fields), so a caller
+    that finds a malformed line can name it."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

@@ -81,7 +81,7 @@ class TinyImageNet200(ImageSource):
         annotations = self.folder / "val" / "val_annotations.txt"
         images = self.folder / "val" / "images"
         found = []
-        for number, fields in read_rows(annotations, 2):
+        for number, fields in read_rows(annotations):
             if len(fields) < 2:
                 raise self.error(f"line {number} of val_annotations.txt is not '<file> <wnid> ...'", annotations)
             file, wnid = fields[0], fields[1]

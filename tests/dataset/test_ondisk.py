@@ -135,3 +135,13 @@ def test_bundle_takes_sources_only(tmp_path):
     from modelguard.dataset.svhn import SVHN
     with pytest.raises(ValueError, match="dataset.pool must be a dataset on disk"):
         OnDiskData(victim=CIFAR10(str(tmp_path)), pool="imagenet1k", outliers=SVHN(str(tmp_path)))
+
+
+def test_stages_that_need_tensors_say_why(compose_cfg, tmp_path):
+    """Until the stages stream (issue 10 item 1), a run on disk data stops with a plain message
+    (a RuntimeError: exit code 2), not an AttributeError inside the victim stage."""
+    from modelguard.run import run_experiment
+    cifar_triple(tmp_path)
+    cfg = compose_cfg("dataset=cifar10", f"paths.data_dir={tmp_path}", "arch=alexnet", "stages=[victim]")
+    with pytest.raises(RuntimeError, match="dataset cifar10 is read from disk image by image.*issue 10 item 1"):
+        run_experiment(cfg)
