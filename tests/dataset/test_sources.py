@@ -182,3 +182,18 @@ def test_targets_and_gather_read_both_kinds_of_split(tmp_path):
     memory = TensorDataset(torch.rand(5, 1, 4, 4), torch.arange(5))
     assert torch.equal(gather(memory, torch.tensor([3, 1]))[0], memory.tensors[0][[3, 1]])
     assert targets_of(memory).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_splits_travel_to_dataloader_workers(tmp_path):
+    """A DataLoader worker gets the split by pickling: the binary release's memory maps are
+    reopened there, not copied, and the images come out the same."""
+    import pickle
+
+    from torch.utils.data import DataLoader
+    fake_trees.cifar_binary(tmp_path, 10)
+    split = CIFAR10(str(tmp_path)).split(True, "test")
+    split[0]  # opens a map in this process
+    assert pickle.loads(pickle.dumps(split))._maps == {} and split._maps
+    batches = list(DataLoader(split, batch_size=4, num_workers=1))
+    x = torch.cat([b[0] for b in batches])
+    assert x.shape == (15, 3, 32, 32) and torch.equal(x[7], split[7][0])
