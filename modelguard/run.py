@@ -30,6 +30,9 @@ def validate(cfg: DictConfig) -> None:
                          f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
+    for knob in ("amp", "channels_last", "cudnn_benchmark", "deterministic"):
+        if not isinstance(cfg.get(knob), bool):
+            raise ValueError(f"{knob}={cfg.get(knob)!r} is invalid: it must be true or false; set {knob}=false")
     check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
     check_selection(cfg.substitute.select, "substitute.select")
     if int(cfg.substitute.shadow_epochs) < 1:
@@ -48,6 +51,7 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
     """Run cfg.stages in order in cfg.paths.output_dir; returns (and writes) all metrics."""
     validate(cfg)
     seed_everything(cfg.seed, bool(cfg.deterministic))
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark) and not bool(cfg.deterministic)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out = output_dir(cfg)

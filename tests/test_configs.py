@@ -59,10 +59,10 @@ def test_every_arch_builds_for_the_default_data(compose_cfg):
         cfg = compose_cfg(f"arch={name}", "dataset=mnist")
         if name in NEEDS_32PX:
             with pytest.raises(InstantiationException, match=f"arch={name} .*takes .* px images, got image_size=28"):
-                build_model(cfg.arch, load_data(cfg))
+                build_model(cfg, load_data(cfg))
             cfg = compose_cfg(f"arch={name}", "dataset=synthetic", "dataset.image_size=32", "dataset.in_channels=3",
                               "dataset.num_classes=10")
-        model = build_model(cfg.arch, load_data(cfg))
+        model = build_model(cfg, load_data(cfg))
         assert model.head.out_features == 10, name
     assert data.num_classes == 4
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelguard.attack.augment import check_augment
+from modelguard.dataset.transforms import View
 from modelguard.recover.sources import TableSource
 
 
@@ -19,9 +20,9 @@ class AttackStrategy:
         hard_label: train on one-hot argmax labels (after averaging and recovery).
         queries_per_image: passes over the images; answers are averaged (smoothing: 3).
         augment_queries: query augmented views instead of the plain image (smoothing).
-        augment: which view: "dataset" (the query pool family's train transform, as the
-            original; the identity for the embedded MNIST family), or one named directly:
-            "none", "shift" (random ±4 px shifts), "shift_flip".
+        augment: which view: None (the query pool family's train transform, as the
+            original; the identity for the embedded MNIST family), or a view object of
+            ``modelguard.dataset.transforms`` (``ShiftView``: random ±4 px shifts, ...).
         rotation_weight: weight of the S4L rotation loss on unlabeled pool images (0 = off).
         table_source: where the recovery table's clean rows come from, a
             ``modelguard.recover.sources`` object (``attack.table_source`` names its class:
@@ -35,7 +36,7 @@ class AttackStrategy:
     hard_label: bool = False
     queries_per_image: int = 1
     augment_queries: bool = False
-    augment: str = "dataset"
+    augment: View | None = None
     rotation_weight: float = 0.0
     table_source: TableSource | None = None
     table_rows_per_query: int = 20
@@ -47,7 +48,7 @@ class AttackStrategy:
             raise ValueError(f"attack.query_batch_size={self.query_batch_size} is invalid: it must be >= 1")
         if self.queries_per_image < 1:
             raise ValueError(f"attack.queries_per_image={self.queries_per_image} is invalid: it must be >= 1")
-        check_augment(self.augment)
+        self.augment = check_augment(self.augment)
         if self.rotation_weight < 0:
             raise ValueError(f"attack.rotation_weight={self.rotation_weight} is invalid: it must be >= 0")
         if self.table_source is not None and not isinstance(self.table_source, TableSource):

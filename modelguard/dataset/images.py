@@ -6,7 +6,8 @@ planning and class counts need); ``ds.key(i)`` names where image i lives (a file
 and record number), the storage key the original keeps in its transfer set;
 ``ds.with_transform(t)`` is the same images under another transform (the pool's test and
 train views share one file list). Nothing is decoded until an item is asked for, so a
-split of a million files costs its file list only.
+split of a million files costs its file list only. The stages read them batch by batch
+through modelguard.dataset.loading (a DataLoader; ``labels_of`` reads ``targets``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from modelguard.dataset.errors import DataError, image_error
 
@@ -56,14 +57,6 @@ class ImageSet(Dataset):
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.targets, minlength=len(self.classes))
-
-    @property
-    def tensors(self):
-        # Until the stages read through loaders (issue 10 item 1), they take TensorDataset.tensors;
-        # say so plainly instead of an AttributeError deep inside a stage.
-        raise RuntimeError(f"dataset {self.name} is read from disk image by image, and this stage still needs "
-                           "all images in memory (TensorDataset.tensors); the streaming data path that reads "
-                           "on-disk datasets through DataLoaders is not in place yet (issue 10 item 1)")
 
 
 class FileImages(ImageSet):
@@ -162,25 +155,3 @@ class RecordImages(ImageSet):
         other = super().with_transform(transform)
         other._maps = {}
         return other
-
-
-def targets_of(dataset: Dataset) -> torch.Tensor:
-    """All labels of a split without decoding images: an ImageSet's ``targets``, a
-    TensorDataset's second tensor (the embedded data), so callers need not know which."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    if isinstance(dataset, ImageSet):
-        return dataset.targets
-    raise TypeError(f"cannot read the labels of a {type(dataset).__name__} without decoding it")
-
-
-def gather(dataset: Dataset, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [n, C, H, W], labels [n]) of ``indices``: one indexing for a TensorDataset, one
-    decode per image for an ImageSet (its transform must give equal-sized tensors)."""
-    index = torch.as_tensor(indices, dtype=torch.long)
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0][index], dataset.tensors[1][index]
-    items = [dataset[int(i)] for i in index]
-    if not items:
-        raise ValueError("gather needs at least one index")
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)

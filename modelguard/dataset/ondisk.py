@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from modelguard.dataset.base import ExperimentData
 from modelguard.dataset.errors import DataError
 from modelguard.dataset.source import ImageSource
-from modelguard.dataset.transforms import check_pool_transform
+from modelguard.dataset.transforms import ShiftFlipView, View, check_view
 
 
 @dataclass
@@ -40,31 +40,28 @@ class OnDiskExperimentData(ExperimentData):
     pool_family: str = ""
 
 
-# The batched stand-in for each pool family's train transform (ExperimentData.pool_train_view):
-# exact for the 32 px families (crop with padding 4, flip). The imagenet family's
-# RandomResizedCrop needs the original image, so its faithful form is ``pool_augmented``.
-POOL_VIEW_OF_FAMILY = {"cifar": "shift_flip", "tinyimagenet": "shift_flip", "imagenet": "shift_flip"}
-
-
 class OnDiskData:
     """The ``dataset`` option for data on disk: three ``ImageSource`` members.
 
     Args:
         victim, pool, outliers: the members (X_t, X_q, X_OE), each an ``ImageSource``
             (conf/dataset/{victim,pool,outliers}/*.yaml).
-        pool_train_transform: the batched train view of the pool (``none``, ``shift``,
-            ``shift_flip``); null takes the pool family's (``POOL_VIEW_OF_FAMILY``).
+        pool_train_view: the batched train view of the pool images that smoothing queries
+            through (ExperimentData.pool_train_view); None: ``ShiftFlipView``, the cifar and
+            tinyimagenet families' crop-with-padding-4 and flip, exact on their 32 px images.
+            For the imagenet family it is a stand-in: RandomResizedCrop needs the full image,
+            so the faithful view there is per image, ``pool_augmented``.
     """
 
     def __init__(self, victim: ImageSource, pool: ImageSource, outliers: ImageSource,
-                 pool_train_transform: str | None = None):
+                 pool_train_view: View | None = None):
         self.members = {"victim": victim, "pool": pool, "outliers": outliers}
         for role, member in self.members.items():
             if not isinstance(member, ImageSource):
                 raise ValueError(f"dataset.{role} must be a dataset on disk (an ImageSource, "
                                  f"conf/dataset/{role}/*.yaml), got {type(member).__name__}")
-        view = pool_train_transform or POOL_VIEW_OF_FAMILY[pool.family.name]
-        self.pool_train_transform = check_pool_transform(view)
+        self.pool_train_view = ShiftFlipView() if pool_train_view is None else check_view(
+            pool_train_view, "dataset.pool_train_view")
 
     def check(self) -> None:
         """Every member's layout, and one image size for the three (DataError otherwise)."""
@@ -99,7 +96,7 @@ class OnDiskData:
             name=victim.name, num_classes=victim.num_classes, in_channels=3, image_size=victim.family.size,
             mean=victim.family.mean, std=victim.family.std,
             victim_train=victim_train, victim_test=victim_test, query_pool=query_pool, outliers=oe_train,
-            pool_train_transform=self.pool_train_transform,
+            pool_train_view=self.pool_train_view,
             pool_augmented=pool.split(True, "train"), pool_test=pool_test, outliers_test=oe_test,
             family=victim.family.name, pool_family=pool.family.name,
         )

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
+from modelguard.dataset.loading import take
 from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, victim_dir
 from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
@@ -23,17 +24,16 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
 
     def build(d) -> dict[str, Any]:
         seed_torch(cfg.seed, "mad-proxy-init")
-        proxy = build_model(cfg.arch, data)
-        x = data.victim_train.tensors[0]
-        pick = torch.randperm(len(x), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
+        proxy = build_model(cfg, data)
+        pick = torch.randperm(len(data.victim_train), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
         proxy.train()
         with torch.no_grad():
-            proxy(x[pick])
+            proxy(take(data.victim_train, pick))
         save_tensors(proxy.state_dict(), d / "proxy.pt")
         return {}
 
     cached_artifact(directory, build)
-    proxy = build_model(cfg.arch, data)
+    proxy = build_model(cfg, data)
     proxy.load_state_dict(load_tensors(directory / "proxy.pt"))
     return proxy.eval()
 
@@ -44,7 +44,7 @@ def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn
         raise FileNotFoundError(
             f"defense=am needs the misinformation model trained with the victim, but {path} is missing; "
             "set victim.misinformation=true (the default) and rerun the victim stage")
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     model.load_state_dict(load_tensors(path))
     return model.eval()
 

@@ -14,6 +14,7 @@ from modelguard.dataset.errors import DataError
 from modelguard.dataset.families import CIFAR_MEAN, IMAGENET_MEAN
 from modelguard.dataset.images import ImageSet
 from modelguard.dataset.ondisk import OnDiskData
+from modelguard.dataset.transforms import ShiftFlipView
 from modelguard.stages.common import build_model
 from tests.dataset import fake_trees
 
@@ -54,7 +55,7 @@ def test_cifar10_roles_transforms_and_sizes(compose_cfg, tmp_path):
     assert data.mean == CIFAR_MEAN and data.family == "cifar" and data.pool_family == "tinyimagenet"
     assert (len(data.victim_train), len(data.victim_test), len(data.query_pool), len(data.outliers)) == (15, 4, 12, 12)
     assert (len(data.pool_test), len(data.outliers_test)) == (6, 6)
-    assert data.pool_train_transform == "shift_flip"
+    assert isinstance(data.pool_train_view, ShiftFlipView)
     for split in (data.victim_train, data.victim_test, data.query_pool, data.pool_augmented, data.outliers):
         assert isinstance(split, ImageSet) and split[0][0].shape == (3, 32, 32)
     # The pool's two views: the same images and labels, test (deterministic) and train (random) transforms.
@@ -62,7 +63,7 @@ def test_cifar10_roles_transforms_and_sizes(compose_cfg, tmp_path):
     assert torch.equal(data.query_pool[5][0], data.query_pool[5][0])
     torch.manual_seed(0)
     assert any(not torch.equal(data.query_pool[5][0], data.pool_augmented[5][0]) for _ in range(5))
-    model = build_model(compose_cfg("arch=vgg16_bn").arch, data)  # the CIFAR victims' arch
+    model = build_model(compose_cfg("arch=vgg16_bn"), data)  # the CIFAR victims' arch
     assert model(data.victim_test[0][0][None]).shape == (1, 10)
 
 
@@ -137,11 +138,30 @@ def test_bundle_takes_sources_only(tmp_path):
         OnDiskData(victim=CIFAR10(str(tmp_path)), pool="imagenet1k", outliers=SVHN(str(tmp_path)))
 
 
-def test_stages_that_need_tensors_say_why(compose_cfg, tmp_path):
-    """Until the stages stream (issue 10 item 1), a run on disk data stops with a plain message
-    (a RuntimeError: exit code 2), not an AttributeError inside the victim stage."""
+def _pipeline(compose_cfg, tmp_path, *overrides):
     from modelguard.run import run_experiment
-    cifar_triple(tmp_path)
-    cfg = compose_cfg("dataset=cifar10", f"paths.data_dir={tmp_path}", "arch=alexnet", "stages=[victim]")
-    with pytest.raises(RuntimeError, match="dataset cifar10 is read from disk image by image.*issue 10 item 1"):
-        run_experiment(cfg)
+    cfg = compose_cfg(*overrides, f"paths.data_dir={tmp_path / 'data'}", "debug=fast", "progress=false")
+    return run_experiment(cfg, {"dataset": cfg.dataset.victim._target_.rsplit(".", 1)[1]})
+
+
+def test_pipeline_runs_on_a_32px_fixture_tree(compose_cfg, tmp_path):
+    """The four stages on CIFAR-10 / TinyImageNet / SVHN fixtures, read through the stages' data path."""
+    root = tmp_path / "data"
+    fake_trees.cifar_binary(root, 10, per_file=6, test=10)
+    fake_trees.tinyimagenet200(root, per_class=10)
+    fake_trees.svhn(root)
+    record = _pipeline(compose_cfg, tmp_path, "dataset=cifar10", "arch=alexnet", "attack.budget=20")
+    assert record["queries"] == 20 and record["query/transfer_size"] == 20
+    assert 0.0 <= record["surrogate/test_acc"] <= 1.0 and "victim/test_acc" in record
+
+
+@pytest.mark.slow
+def test_pipeline_runs_on_a_224px_fixture_tree(compose_cfg, tmp_path):
+    """The imagenet family end to end (CUB-200 / ImageNet1k / Indoor67 fixtures, 224 px)."""
+    root = tmp_path / "data"
+    fake_trees.cub200(root, counts={"001.a": 4, "002.b": 4})
+    fake_trees.imagenet1k(root)
+    fake_trees.indoor67(root)
+    record = _pipeline(compose_cfg, tmp_path, "dataset=cub200", "arch=resnet18", "arch.small_input_stem=false",
+                       "attack.budget=12", "victim.batch_size=4", "substitute.batch_size=4")
+    assert record["queries"] == 12 and 0.0 <= record["surrogate/test_acc"] <= 1.0

@@ -169,19 +169,17 @@ def test_splits_share_one_scan_and_views_share_storage(tmp_path):
     assert plain.key(0) == plain.paths[0]
 
 
-def test_targets_and_gather_read_both_kinds_of_split(tmp_path):
-    from torch.utils.data import TensorDataset
-
-    from modelguard.dataset.images import gather, targets_of
+def test_the_data_path_reads_imagesets(tmp_path):
+    """modelguard.dataset.loading, the stages' one data path, takes an ImageSet as it is: labels
+    from ``targets`` without decoding, images by index through a DataLoader."""
+    from modelguard.dataset.loading import labels_of, read_batches, take
     fake_trees.cifar_binary(tmp_path, 10)
     split = CIFAR10(str(tmp_path)).split(True, "test")
-    x, y = gather(split, [4, 0, 4])
+    x = take(split, [4, 0, 4])
     assert x.shape == (3, 3, 32, 32) and torch.equal(x[0], x[2]) and torch.equal(x[1], split[0][0])
-    assert y.tolist() == [int(split.targets[4]), int(split.targets[0]), int(split.targets[4])]
-    assert torch.equal(targets_of(split), split.targets)
-    memory = TensorDataset(torch.rand(5, 1, 4, 4), torch.arange(5))
-    assert torch.equal(gather(memory, torch.tensor([3, 1]))[0], memory.tensors[0][[3, 1]])
-    assert targets_of(memory).tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(labels_of(split), split.targets)
+    images, labels = next(iter(read_batches(split, torch.tensor([2, 9]), batch_size=2)))
+    assert torch.equal(images[1], split[9][0]) and labels.tolist() == split.targets[[2, 9]].tolist()
 
 
 def test_splits_travel_to_dataloader_workers(tmp_path):
