@@ -117,9 +117,14 @@ class BatchReader:
         self.loader = None
         if not isinstance(dataset, TensorDataset):
             workers = settings.num_workers
+            # The loader's own generator seeds the workers (and so the random train transforms they
+            # apply) from the sampler's stream, without drawing from it or from the global RNG.
+            sampler_gen = getattr(batches, "generator", None)
+            seed = sampler_gen.initial_seed() if sampler_gen is not None else 0
             self.loader = DataLoader(dataset, batch_sampler=_ListBatches(batches), num_workers=workers,
                                      pin_memory=settings.pin_memory and torch.cuda.is_available(),
-                                     persistent_workers=settings.persistent_workers and workers > 0)
+                                     persistent_workers=settings.persistent_workers and workers > 0,
+                                     generator=torch.Generator().manual_seed(seed))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.loader is None:

@@ -125,3 +125,39 @@ def test_query_and_substitute_memory_does_not_grow_with_the_pool(tmp_path):
     peak memory of the query and substitute stages stays within 1.3x."""
     small, large = _peak_kib(tmp_path, 5_000), _peak_kib(tmp_path, 20_000)
     assert large <= 1.3 * small, f"peak {large} KiB with 20,000 pool images vs {small} KiB with 5,000"
+
+
+class _NoisyItems(torch.utils.data.Dataset):
+    """Items with a random train transform drawn from the global RNG (as torchvision's are)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int):
+        return torch.rand(1) + i, i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_random_transforms_are_reproducible(workers):
+    """Same global seed, same sampler stream: the same random views, with or without workers."""
+    settings = LoaderSettings(num_workers=workers)
+
+    def epoch():
+        reader = read_batches(_NoisyItems(), None, 4, torch.Generator().manual_seed(3), settings)
+        return torch.cat([x for x, _ in reader])
+
+    torch.manual_seed(0)
+    first = epoch()
+    torch.manual_seed(0)
+    assert torch.equal(first, epoch())
+
+
+def test_workers_draw_from_the_loader_generator_not_the_global_rng():
+    reader = read_batches(_NoisyItems(), None, 4, torch.Generator().manual_seed(3), LoaderSettings(num_workers=2))
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    views = torch.cat([x for x, _ in reader])
+    assert torch.equal(torch.rand(1), expected_next)  # the epoch took nothing from the global RNG
+    other = read_batches(_NoisyItems(), None, 4, torch.Generator().manual_seed(4), LoaderSettings(num_workers=2))
+    assert not torch.equal(torch.cat([x for x, _ in other]).sort().values, views.sort().values)
