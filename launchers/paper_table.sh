@@ -18,6 +18,7 @@
 # Environment (defaults in brackets):
 #   SEEDS [0]                 seeds of every job (the paper: one run per setting)
 #   QPI2 [0]                  1: add the optional 2-QPI attack
+#   ATTACKS [naive top1 s4l smoothing ddae ddae_plus bayes]   a part of the grid (a rehearsal)
 #   LANES [1]                 multiruns side by side (with cluster=slurm: how many arrays at once)
 #   NAME [paper-<dataset>]    sweep name; SWEEP_DIR [outputs/sweeps/$NAME]
 #   DRY_RUN [0]               1: print, run nothing, write nothing
@@ -42,8 +43,15 @@ PY=${PYTHON:-python}
 PRESET=experiment=paper/$DATASET
 
 DEFENSES="none reverse_sigmoid mad am top1 rounding mld"   # behind no quantizer; ModelGuard-S apart
-ATTACKS="naive top1 s4l smoothing ddae ddae_plus bayes"
+GRID_ATTACKS="naive top1 s4l smoothing ddae ddae_plus bayes"
+ATTACKS=${ATTACKS:-$GRID_ATTACKS}
 (( QPI2 )) && ATTACKS+=" qpi2"
+for a in $ATTACKS; do
+  if [[ ! " $GRID_ATTACKS qpi2 " =~ " $a " ]]; then
+    echo "ATTACKS: '$a' is not an attack of the grid ($GRID_ATTACKS; qpi2 with QPI2=1)" >&2
+    exit 2
+  fi
+done
 
 commas() { local IFS=,; echo "$*"; }
 quote() { if [[ $1 =~ ^[][A-Za-z0-9_./=,:+@%-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi; }

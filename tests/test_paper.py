@@ -326,6 +326,27 @@ def test_cifar10_preset_ddae_against_mad_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_launcher_runs_a_part_of_the_grid_and_reports(tmp_path):
+    """launchers/paper_table.sh for real on the CIFAR-10 fixture (ATTACKS=top1: 2 KnockoffNets + 2
+    JBDA-TR jobs, about a minute): victims, the multiruns, the report."""
+    data = cifar_tree(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "ATTACKS": "top1", "SWEEP_DIR": str(sweep), "PYTHON": sys.executable,
+           "MODELGUARD_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(torch_cache(tmp_path / "torch")),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "launchers/paper_table.sh", "cifar10", f"paths.data_dir={data}", "debug=fast"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import csv
+    with open(sweep / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["choice/policy"], r["choice/defense"], r["status"]) for r in rows} == {
+        (q, d, "ok") for q in BOTH for d in ("reverse_sigmoid", "am")} and len(rows) == 4
+    assert {r["defense.tau"] for r in rows if r["choice/defense"] == "am"} == {"0.7"}
+    assert (sweep / "results.md").exists() and (sweep / ".launcher" / "commands.txt").exists()
+
+
+@pytest.mark.slow
 def test_cub200_preset_runs_end_to_end_at_224px(tmp_path):
     """A 224 px preset (ResNet-50) end to end with arch.pretrained=null, as the Done-when asks."""
     root = tmp_path / "data"
