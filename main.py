@@ -27,6 +27,15 @@ from modelguard.utils.io import save_json
 log = logging.getLogger("modelguard")
 
 KNOWN_ERRORS = (ValueError, FileNotFoundError, RuntimeError, InstantiationException)
+# Groups whose option the other choices select (conf/main.yaml: per_defense, per_attack): implied by
+# experiment, defense and attack, so not recorded (the report would show each as a column of its own).
+DERIVED_GROUPS = ("per_defense", "per_attack")
+
+
+def recorded_choices(choices) -> dict[str, str]:
+    """The option choices a run records as ``choice/<group>``: not Hydra's own, unset or derived ones."""
+    return {k: v for k, v in choices.items()
+            if not k.startswith("hydra") and v is not None and k not in DERIVED_GROUPS}
 
 
 def record_failure(cfg: DictConfig, choices: dict[str, str], err: BaseException) -> None:
@@ -55,8 +64,7 @@ def record_failure(cfg: DictConfig, choices: dict[str, str], err: BaseException)
 @hydra.main(version_base="1.3", config_path="conf", config_name="main")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
-               if not k.startswith("hydra") and v is not None}
+    choices = recorded_choices(hydra_cfg.runtime.choices)
     try:
         record = run_experiment(cfg, choices)
     except Exception as err:

@@ -115,12 +115,15 @@ def test_original_recipes_preset_is_the_spec_table(compose_cfg):
     assert (sub.scheduler.step_size, sub.scheduler.gamma) == (10, 0.5)
     assert victim.select == "best_test" and sub.select == "best_test"
     assert cfg.substitute.shadow_epochs == 5
+    shadows = cfg.substitute.shadow_recipe  # the original's shadow training (spec attacks §11)
+    assert (shadows.batch_size, shadows.optimizer.lr, shadows.optimizer.momentum, shadows.optimizer.weight_decay,
+            shadows.scheduler.step_size, shadows.scheduler.gamma) == (64, 0.01, 0.5, 5e-4, 3, 0.5)
     assert cfg.dataset._target_.endswith("EmbeddedMNIST")  # a delta: the rest stays the default
     default = compose_cfg()
     assert default.victim.select == "last" and default.substitute.select == "last"  # the fast recipe stays
     assert (default.victim.epochs, default.substitute.epochs) == (20, 10)
     fast = compose_cfg("experiment=original_recipes", "debug=fast")
-    assert (fast.victim.epochs, fast.substitute.epochs, fast.attack.budget) == (2, 2, 500)
+    assert (fast.victim.epochs, fast.substitute.epochs, fast.attack.budget) == (2, 2, 64)
     assert fast.victim.optimizer.momentum == 0.5
 
 

@@ -60,14 +60,24 @@ def load_data(cfg: DictConfig) -> ExperimentData:
     return _load_data(OmegaConf.to_yaml(cfg.dataset, resolve=True))
 
 
-def build_model(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
-    """A fresh ``cfg.arch`` model for ``data``; on CUDA with the run's speed settings (``amp``:
-    bfloat16 autocast of forward passes, ``channels_last``), which CPU runs ignore."""
-    model = instantiate(cfg.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=list(data.mean), std=list(data.std))
+def build_model(cfg: DictConfig, data: ExperimentData, arch: DictConfig | None = None) -> torch.nn.Module:
+    """A fresh ``cfg.arch`` model (or ``arch``, another node of the arch group) for ``data``; on
+    CUDA with the run's speed settings (``amp``: bfloat16 autocast of forward passes,
+    ``channels_last``), which CPU runs ignore."""
+    model = instantiate(cfg.arch if arch is None else arch, num_classes=data.num_classes,
+                        in_channels=data.in_channels, image_size=data.image_size, mean=list(data.mean),
+                        std=list(data.std))
     if device_of(cfg).type == "cuda":
         model.speed_up(torch.bfloat16 if cfg.amp else None, bool(cfg.channels_last))
     return model
+
+
+def scratch(arch: DictConfig) -> DictConfig:
+    """``arch`` without pretrained weights: for a model that must start random (MAD's proxy, spec
+    attacks §5) or whose weights a checkpoint replaces at once (no weights file read for nothing)."""
+    if arch.get("pretrained") is None:
+        return arch
+    return OmegaConf.merge(arch, {"pretrained": None})
 
 
 def _short_name(node: DictConfig) -> str:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
 from modelguard.dataset.loading import take
-from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, victim_dir
+from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, scratch, victim_dir
 from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator, seed_torch
@@ -19,12 +19,13 @@ from modelguard.utils.seed import make_generator, seed_torch
 def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
     """MAD's proxy of the attacker's model (spec attacks §5): the victim's architecture at a
     seeded random initialisation, whose BatchNorm statistics (if any) take one step from 10
-    training images, as the original's lr=0 "training" does. Cached next to the victim."""
+    training images, as the original's lr=0 "training" does, never from pretrained weights (the
+    original's "scratch" proxy). Cached next to the victim."""
     directory = victim_dir(cfg) / "mad_proxy"
 
     def build(d) -> dict[str, Any]:
         seed_torch(cfg.seed, "mad-proxy-init")
-        proxy = build_model(cfg, data)
+        proxy = build_model(cfg, data, scratch(cfg.arch))
         pick = torch.randperm(len(data.victim_train), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
         proxy.train()
         with torch.no_grad():
@@ -33,7 +34,7 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
         return {}
 
     cached_artifact(directory, build)
-    proxy = build_model(cfg, data)
+    proxy = build_model(cfg, data, scratch(cfg.arch))
     proxy.load_state_dict(load_tensors(directory / "proxy.pt"))
     return proxy.eval()
 

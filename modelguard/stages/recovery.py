@@ -25,7 +25,7 @@ from modelguard.metrics import row_l1
 from modelguard.recover.shadows import resolve_split, train_shadows
 from modelguard.recover.sources import ShadowModels, TableSource
 from modelguard.recover.table import epsilon_filter, simulate_table
-from modelguard.stages.common import build_model, device_of, loader_of, node_hash, runtime_inputs
+from modelguard.stages.common import build_model, device_of, loader_of, node_hash, runtime_inputs, scratch
 from modelguard.utils.cache import cached_artifact
 from modelguard.utils.io import load_tensors, save_tensors
 from modelguard.utils.seed import make_generator
@@ -85,16 +85,40 @@ def shadow_dir(cfg: DictConfig, source: ShadowModels) -> Path:
     return Path(cfg.paths.cache_dir) / "shadows" / f"seed={cfg.seed}" / key
 
 
+def shadow_arch(cfg: DictConfig) -> DictConfig:
+    """The shadows' architecture: ``substitute.shadow_arch``, or the run's ``arch`` when null (the
+    paper's shadows are AlexNets whatever the victim, experiment-grid §1)."""
+    node = cfg.substitute.get("shadow_arch")
+    return cfg.arch if node is None else node
+
+
+SHADOW_RECIPE_KEYS = ("batch_size", "optimizer", "scheduler")
+
+
+def shadow_recipe(cfg: DictConfig) -> DictConfig:
+    """What the shadows train with (batch_size, optimizer, scheduler): ``substitute.shadow_recipe``,
+    or the substitute's own recipe when null."""
+    node = cfg.substitute.get("shadow_recipe")
+    if node is None:
+        return cfg.substitute
+    missing = [k for k in SHADOW_RECIPE_KEYS if k not in node]
+    if missing:
+        raise ValueError(f"substitute.shadow_recipe lacks {', '.join(missing)}: it needs batch_size, optimizer and "
+                         "scheduler (as substitute: has them), or null to train the shadows with the substitute's")
+    return node
+
+
 def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.Module]:
-    """The source's shadow models, trained once with the substitute's recipe for
+    """The source's shadow models (``shadow_arch``), trained once with ``shadow_recipe`` for
     ``substitute.shadow_epochs`` epochs and cached."""
     directory = shadow_dir(cfg, source)
     pool, pool_labels = data.query_pool, labels_of(data.query_pool)
     tasks = source.plan(pool_labels, data.num_classes, int(cfg.seed))
-    recipe = cfg.substitute
+    recipe, arch = shadow_recipe(cfg), shadow_arch(cfg)
 
     def build(d: Path) -> dict[str, Any]:
-        models = train_shadows(tasks, pool, lambda: build_model(cfg, data), epochs=int(recipe.shadow_epochs),
+        models = train_shadows(tasks, pool, lambda: build_model(cfg, data, arch),
+                               epochs=int(cfg.substitute.shadow_epochs),
                                batch_size=recipe.batch_size, optimizer=instantiate(recipe.optimizer),
                                scheduler=instantiate(recipe.scheduler), seed=int(cfg.seed), device=device_of(cfg),
                                loader=loader_of(cfg),
@@ -108,7 +132,7 @@ def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.
     cached_artifact(directory, build)
     models = []
     for i in range(source.count):
-        model = build_model(cfg, data)
+        model = build_model(cfg, data, scratch(arch))  # its weights are read next
         model.load_state_dict(load_tensors(directory / f"shadow_{i}.pt"))
         models.append(model.eval())
     return models

@@ -55,3 +55,59 @@ def test_quantizer_eps_filters_the_table(smoke, tmp_path):
     record = run_experiment(smoke("attack=bayes", "defense=none", "quantize=modelguard_s", "quantize.eps=0.05",
                                   "attack.table_rows_per_query=4", output_dir=tmp_path / "q"))
     assert record["recover/table_rows"] < 4 * record["queries"]  # pairs beyond eps dropped
+
+
+def _spy_shadow_training(monkeypatch) -> list[dict]:
+    """Record what shadow_models hands train_shadows, and train as usual."""
+    from modelguard.stages import recovery
+    calls, real = [], recovery.train_shadows
+
+    def spy(tasks, pool, make_model, **kwargs):
+        calls.append({"model": make_model(), **kwargs})
+        return real(tasks, pool, make_model, **kwargs)
+
+    monkeypatch.setattr(recovery, "train_shadows", spy)
+    return calls
+
+
+def test_shadows_take_their_own_arch_and_recipe(smoke, monkeypatch):
+    """substitute.shadow_arch and substitute.shadow_recipe (the paper's AlexNet shadows with their
+    own recipe) reach the shadows and their cache key; the victim and substitute keep cfg.arch."""
+    from omegaconf import open_dict
+    calls = _spy_shadow_training(monkeypatch)
+    cfg = smoke("attack=ddae", "attack.table_source.count=2", "substitute.shadow_epochs=1",
+                "+arch@substitute.shadow_arch=mlp", "substitute.shadow_arch.hidden=7")
+    with open_dict(cfg):
+        cfg.substitute.shadow_recipe = {"batch_size": 5, "scheduler": None, "optimizer": {
+            "_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.125}}
+    victim.run(cfg)
+    source = instantiate(cfg.attack).table_source
+    models = shadow_models(cfg, load_data(cfg), source)
+    assert [m.head.in_features for m in models] == [7, 7] and cfg.arch.hidden == 64  # the shadows' arch only
+    (call,) = calls
+    assert call["batch_size"] == 5 and call["scheduler"] is None and call["epochs"] == 1
+    assert call["optimizer"](call["model"].parameters()).param_groups[0]["lr"] == 0.125
+    default = smoke("attack=ddae", "attack.table_source.count=2", "substitute.shadow_epochs=1")
+    assert shadow_dir(default, source) != shadow_dir(cfg, source)
+
+
+def test_null_shadow_arch_and_recipe_are_the_runs(smoke, monkeypatch):
+    calls = _spy_shadow_training(monkeypatch)
+    cfg = smoke("attack=ddae", "attack.table_source.count=1", "substitute.shadow_epochs=1")
+    assert cfg.substitute.shadow_arch is None and cfg.substitute.shadow_recipe is None
+    victim.run(cfg)
+    (model,) = shadow_models(cfg, load_data(cfg), instantiate(cfg.attack).table_source)
+    assert model.head.in_features == cfg.arch.hidden
+    assert calls[0]["batch_size"] == cfg.substitute.batch_size
+    lr = calls[0]["optimizer"](model.parameters()).param_groups[0]["lr"]
+    assert lr == cfg.substitute.optimizer.lr
+
+
+def test_an_incomplete_shadow_recipe_is_named(smoke):
+    from omegaconf import open_dict
+    from modelguard.stages.recovery import shadow_recipe
+    cfg = smoke("attack=ddae")
+    with open_dict(cfg):
+        cfg.substitute.shadow_recipe = {"batch_size": 64}
+    with pytest.raises(ValueError, match="substitute.shadow_recipe lacks optimizer, scheduler"):
+        shadow_recipe(cfg)
