@@ -120,7 +120,7 @@ def _slow_build(directory: Path) -> dict:
 
 
 def _use_artifact(directory: str, queue) -> None:
-    metrics = cached_artifact(Path(directory), _slow_build)
+    metrics = cached_artifact(Path(directory), _slow_build).metrics
     size = (Path(directory) / "blob.bin").stat().st_size
     queue.put((metrics["size"], size))
 
@@ -143,12 +143,14 @@ def test_cached_artifact_built_once_and_never_read_half_written(tmp_path):
 def _victim_stage(cfg, queue) -> None:
     from modelguard.run import run_experiment
 
-    record = run_experiment(cfg, {})
-    queue.put(record["victim/test_acc"])
+    run_experiment(cfg, {})
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    queue.put((os.getpid(), record["victim/test_acc"], record["victim/trained_here"], record["time/victim_wait_s"]))
 
 
 def test_concurrent_jobs_train_the_victim_once(smoke, tmp_path, monkeypatch):
-    """The real victim stage in 3 processes at once, sharing one cache: one training, same victim."""
+    """The real victim stage in 4 processes at once on an empty cache: one training, one victim,
+    and each job's metrics.json says whether it trained it (issue 11)."""
     import modelguard.stages.victim as victim_stage
 
     real = victim_stage.train_victim
@@ -161,16 +163,19 @@ def test_concurrent_jobs_train_the_victim_once(smoke, tmp_path, monkeypatch):
     monkeypatch.setattr(victim_stage, "train_victim", counting)  # inherited by the forked jobs
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    cfgs = [smoke("stages=[victim]", "threads=1", output_dir=tmp_path / f"job{i}") for i in range(3)]
+    cfgs = [smoke("stages=[victim]", "threads=1", output_dir=tmp_path / f"job{i}") for i in range(4)]
     procs = [ctx.Process(target=_victim_stage, args=(cfg, queue)) for cfg in cfgs]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    accs = [queue.get(timeout=5) for _ in procs]
-    assert len(set(accs)) == 1
-    assert len((tmp_path / "trainings.log").read_text().split()) == 1
+    seen = [queue.get(timeout=5) for _ in procs]
+    trainers = (tmp_path / "trainings.log").read_text().split()
+    print(f"4 concurrent jobs, {len(trainers)} training(s); waits {sorted(round(s[3], 2) for s in seen)} s")
+    assert len(trainers) == 1
+    assert len({acc for _, acc, _, _ in seen}) == 1
+    assert [pid for pid, _, here, _ in seen if here] == [int(trainers[0])]  # the record names the trainer
     assert not list((tmp_path / "cache").glob("**/*.tmp"))
 
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from modelguard.api import DefendedAPI
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.policy.base import QueryLog, QueryPolicy
+from modelguard.utils.checks import check_number
 
 SPACES = ("normalized", "pixel")
 COMPAT_DEFAULTS: dict[str, Any] = {"eps_from_defense": True, "clip_space": "normalized", "eps_units": "normalized"}
@@ -44,13 +45,15 @@ class JacobianAugmentation(QueryPolicy):
     def __init__(self, seed_size: int = 1000, variants: int = 3, step_eps: float = 0.1, steps: int = 8,
                  step_scale: float = 1.85, max_rounds: int | None = None,
                  substitute_weight_decay: float | None = 5e-4, compat: Mapping[str, Any] | None = None):
-        if seed_size < 1:
-            raise ValueError(f"policy.seed_size={seed_size} is invalid: it must be >= 1 (the original: 1000)")
-        if variants < 1:
-            raise ValueError(f"policy.variants={variants} is invalid: it must be >= 1 (jbtr3 uses 3)")
-        if step_eps <= 0 or steps < 1:
-            raise ValueError(f"policy.step_eps={step_eps}, policy.steps={steps} are invalid: need step_eps > 0 "
-                             "and steps >= 1 (the paper: 0.1 and 8)")
+        seed_size = check_number(seed_size, "policy.seed_size", low=1, integer=True, fix="set policy.seed_size=1000")
+        variants = check_number(variants, "policy.variants", low=1, integer=True, fix="set policy.variants=3")
+        step_eps = check_number(step_eps, "policy.step_eps", low=0, low_open=True, fix="set policy.step_eps=0.1")
+        steps = check_number(steps, "policy.steps", low=1, integer=True, fix="set policy.steps=8")
+        step_scale = check_number(step_scale, "policy.step_scale", low=0, low_open=True,
+                                  fix="set policy.step_scale=1.85")
+        if max_rounds is not None:
+            max_rounds = check_number(max_rounds, "policy.max_rounds", low=1, integer=True, note="null: no limit",
+                                      fix="set policy.max_rounds=null")
         wd = substitute_weight_decay
         if wd is not None and (isinstance(wd, bool) or not isinstance(wd, (int, float))
                                or not math.isfinite(wd) or wd < 0):

@@ -4,6 +4,7 @@ Recovery (cfg.recover), when the attack uses one, runs on all answers after the 
 (spec attacks §8.1 step 8), then hard labels are applied (step 9)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(recover_metrics)
     metrics.update(policy.metrics)
     return metrics
+
+
+def outputs(cfg: DictConfig) -> list[Path]:
+    return [output_dir(cfg) / "transfer.pt"]
 
 
 def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from modelguard.policy.base import QueryLog
-from modelguard.utils.io import load_tensors, save_tensors
+from modelguard.utils.io import UnreadableArtifact, load_tensors, save_tensors
 
 
 def save_transfer(path: Path, log: QueryLog, labels: torch.Tensor) -> None:
@@ -23,7 +23,11 @@ def load_transfer(path: Path, pool: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """(images, labels) of a saved transfer set; the images in order, pool ones by index."""
     if not path.exists():
         raise FileNotFoundError(f"no transfer set at {path}; run the query stage first")
-    transfer = load_tensors(path)
+    try:
+        transfer = load_tensors(path)
+    except UnreadableArtifact as err:
+        raise UnreadableArtifact(err.path, f"{err.problem}; run the query stage again to rewrite it "
+                                 "(stages=[query,substitute], or fresh=true)") from None
     return load_transfer_inputs(transfer, pool), transfer["labels"]
 
 

@@ -8,6 +8,7 @@ hand-computed cases and the constructor errors."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -289,10 +290,22 @@ def test_rejects_unbatched_input(defense):
         defense.perturb(torch.tensor([0.2, 0.8]))
 
 
-def test_reverse_sigmoid_large_beta_is_not_clipped():
-    # documented: for beta ≥ 1 entries may go negative (the original does not clip)
-    out = ReverseSigmoid(3.0, 0.2).perturb(_t([[0.98, 0.01, 0.01]]))
-    assert torch.isfinite(out).all() and math.isclose(float(out.sum()), 1.0, abs_tol=1e-12)
+@pytest.mark.parametrize("beta", [1.0, 3.0, 1e300])
+def test_reverse_sigmoid_refuses_beta_that_leaves_the_simplex(beta):
+    # for beta ≥ 1 an entry goes negative (beta 1e300 released L1 2.73 off the simplex, issue 11)
+    with pytest.raises(ValueError, match=re.escape(f"defense.beta={beta!r} is invalid: beta must be a finite number "
+                                                   "in [0, 1) (") + r".*simplex.*; set defense.beta=0.21"):
+        ReverseSigmoid(beta, 0.2)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.21, 0.5, 0.999])
+@pytest.mark.parametrize("gamma", [0.2, 1.0, 3.0])
+def test_reverse_sigmoid_below_one_keeps_the_simplex(beta, gamma):
+    # the bound of the docstring, at its worst rows: one-hots (entries at 0 and 1), near-one-hots
+    rows = _t([[1.0, 0.0, 0.0], [0.98, 0.01, 0.01], [0.5, 0.5, 0.0], [1 - 1e-12, 1e-12, 0.0]])
+    out = ReverseSigmoid(beta, gamma).perturb(rows)
+    assert (out > 0).all() or beta == 0.0
+    assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(4, dtype=out.dtype), atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- pipeline rows
