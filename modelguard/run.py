@@ -12,7 +12,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from modelguard.stages import OUTPUTS, STAGES
+from modelguard.stages import OUTPUTS, PRECHECKS, STAGES
 from modelguard.stages.common import mark_done, output_dir, science_groups, stage_done
 from modelguard.stages.validate import stage_names, validate
 from modelguard.utils.io import readable_problem, save_json
@@ -29,6 +29,10 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out = output_dir(cfg)
+    finished = {name: finished_stage(cfg, name) for name in stage_names(cfg.stages)}
+    for name, done in finished.items():
+        if done is None and name in PRECHECKS:
+            PRECHECKS[name](cfg)
     out.mkdir(parents=True, exist_ok=True)
     choices = dict(choices or {})
     record: dict[str, Any] = {"seed": int(cfg.seed), **{f"choice/{k}": v for k, v in choices.items()}}
@@ -37,8 +41,7 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
                       OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
     metrics: dict[str, Any] = {}
     try:
-        for name in stage_names(cfg.stages):
-            done = finished_stage(cfg, name)
+        for name, done in finished.items():
             if done is not None:
                 log.info("stage %s: already done in %s, reusing its results", name, out)
                 metrics.update(done)

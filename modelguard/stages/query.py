@@ -40,6 +40,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def precheck(cfg: DictConfig) -> None:
+    """What needs the data to be checked (the budget against the pool), before any stage runs."""
+    data = load_data(cfg)
+    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool.tensors[0]))
+
+
 def outputs(cfg: DictConfig) -> list[Path]:
     return [output_dir(cfg) / "transfer.pt"]
 

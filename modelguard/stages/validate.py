@@ -17,9 +17,10 @@ from omegaconf import DictConfig, ListConfig
 
 from modelguard.engine import check_selection
 from modelguard.stages.common import science_groups
-from modelguard.utils.checks import check_flag, check_number, check_training_knobs
+from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
 from modelguard.utils.io import check_writable_dir
+from modelguard.utils.tracking import ALLOWED_MODES
 
 # Example values quoted in the fixes of the recipe knobs.
 EXAMPLES = {"epochs": 10, "batch_size": 64}
@@ -67,6 +68,8 @@ def check_run_knobs(cfg: DictConfig) -> None:
     if cfg.get("threads") is not None:
         check_number(cfg.threads, "threads", low=1, integer=True, note="torch CPU threads; null: torch's default",
                      fix="set threads=1 (one job per core) or threads=null")
+    check_choice(cfg.wandb.mode, "wandb.mode", ALLOWED_MODES,
+                 fix="set wandb.mode=offline (no account, no network) or wandb.mode=disabled")
     resolve_device(cfg.device)  # before any stage: a missing CUDA must not leave a marker behind
 
 

@@ -53,15 +53,15 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     ``FileNotFoundError`` when it is missing."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise  # missing, a directory, no permission: the OS message names the path already
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # the OS message names the path already
     except pickle.UnpicklingError as err:
         # torch's own text advises weights_only=False, the one thing that must not be done here
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         named = f" (it names {found.group(1)})" if found else ""
         raise UnreadableArtifact(path, "is not a plain tensor file: it holds pickled Python objects"
                                  f"{named}, which are refused because loading them could run code") from None
-    except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, KeyError, ...
+    except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, OSError, KeyError...
         raise UnreadableArtifact(path, f"cannot be read: it is empty, truncated or corrupt ({_first_line(err)})") from None
 
 
