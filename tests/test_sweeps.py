@@ -97,6 +97,21 @@ def test_report_reads_metrics_not_dir_names(tmp_path):
     write_report(root, x_metric="defense/l1_mean")
 
 
+def test_report_prints_budgets_and_query_counts_as_integers(tmp_path):
+    """results.md printed 1e+04 for 10000 queries (the mean of integers is a float; issue 11)."""
+    for seed in (0, 1):
+        for budget in (5000, 10000):
+            _fake_job(tmp_path, f"b{budget}/s{seed}", "naive", "none", seed, None)
+            path = tmp_path / f"b{budget}/s{seed}" / "metrics.json"
+            record = json.loads(path.read_text())
+            record.update({"attack.budget": budget, "queries": budget, "surrogate/test_acc": 0.5 + 0.01 * seed})
+            path.write_text(json.dumps(record))
+    write_report(tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "e+0" not in md
+    assert "| naive | none | 10000 | 2 | 0.9 ± 0 | 0.905 ± 0.0071 | 0 ± 0 | 10000 ± 0 | 0.505 ± 0.0071 |" in md
+
+
 def test_report_cli(tmp_path):
     _fake_job(tmp_path, "a", "naive", "none", 0, None)
     proc = subprocess.run([sys.executable, "-m", "modelguard.report", str(tmp_path)], cwd=REPO,
