@@ -24,5 +24,7 @@ def pool(n: int = 64, seed: int = 1) -> torch.Tensor:
 
 def results_only(record: dict) -> dict:
     """A metrics record without what describes the job's own work rather than its results:
-    timings (time/*) and whether this job trained the shared victim (victim/trained_here)."""
-    return {k: v for k, v in record.items() if not k.startswith("time/") and k != "victim/trained_here"}
+    wall times (time/*, and any other key in seconds, *_s: recover/table_build_s) and whether
+    this job trained the shared victim (victim/trained_here)."""
+    return {k: v for k, v in record.items()
+            if not k.startswith("time/") and not k.endswith("_s") and k != "victim/trained_here"}
