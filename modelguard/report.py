@@ -55,7 +55,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     config = [k for k in config if k.startswith("choice/")] + [k for k in config if not k.startswith("choice/")]
     metrics = [k for k in MAIN_METRICS if k in keys]
     metrics += sorted(k for k in keys if k not in metrics and not _is_config(k)
-                      and k not in ("seed", "status", "error", "run_dir"))
+                      and k not in ("seed", "status", "error", "traceback", "run_dir"))
     return config, metrics
 
 

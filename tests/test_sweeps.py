@@ -57,7 +57,7 @@ def _fake_job(root: Path, where: str, attack: str, defense: str, seed: int, eps:
         record["defense.eps"] = eps
     if status:
         record = {k: v for k, v in record.items() if "/" not in k or k.startswith("choice/")}
-        record.update(status=status, error="ValueError: boom")
+        record.update(status=status, error="ValueError: boom", traceback=["Traceback ...\n", "ValueError: boom\n"])
     path = root / where / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
@@ -86,6 +86,7 @@ def test_report_reads_metrics_not_dir_names(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == n + 1
     assert {"choice/attack", "choice/defense", "seed", "defense.eps", "surrogate/test_acc", "status"} <= set(table[0])
+    assert "traceback" not in table[0]  # a failed job's traceback stays in its metrics.json
 
     md = (root / "results.md").read_text()
     # 2 attacks x (none + 3 eps) lines, mean ± std over the two seeds
