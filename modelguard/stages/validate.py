@@ -16,6 +16,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
 from modelguard.engine import check_selection
+from modelguard.stages import STAGES
 from modelguard.stages.common import science_groups
 from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
@@ -46,8 +47,6 @@ def validate(cfg: DictConfig) -> None:
 
 def stage_names(stages: Any) -> list[str]:
     """``cfg.stages`` as a list of names; a single name (``stages=victim``) is a one-element list."""
-    from modelguard.stages import STAGES
-
     names = [stages] if isinstance(stages, str) else list(stages) if isinstance(stages, (list, ListConfig)) else None
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"stages={stages!r} is invalid: name one or more stages of {', '.join(STAGES)}, "
