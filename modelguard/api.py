@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, read_batches
 from modelguard.defense.base import Defense
 from modelguard.quantize.base import Quantizer
 from modelguard.quantize.none import NoQuantizer
@@ -53,12 +55,15 @@ class DefendedAPI:
     def xinfo(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.defense.xinfo(x.to(self.device)) if self.defense.requires_xinfo else None
 
-    def side_information(self, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor | None:
-        """The defense's per-input information for every image of ``inputs`` (on the CPU), or None
-        when the defense needs none: what the offline simulation passes to ``simulate``."""
+    def side_information(self, inputs: torch.Tensor | Dataset, batch_size: int = 512,
+                         loader: LoaderSettings = IN_PROCESS) -> torch.Tensor | None:
+        """The defense's per-input information for every image of ``inputs`` (images, or a dataset
+        whose items start with one; on the CPU), or None when the defense needs none: what the
+        offline simulation passes to ``simulate``."""
         if not self.defense.requires_xinfo:
             return None
-        return torch.cat([self.xinfo(inputs[i:i + batch_size]).cpu() for i in range(0, len(inputs), batch_size)])
+        return torch.cat([self.xinfo(batch[0]).cpu()
+                          for batch in read_batches(as_dataset(inputs), None, batch_size, settings=loader)])
 
     @torch.no_grad()
     def query(self, x: torch.Tensor, return_clean: bool = False):
@@ -72,11 +77,13 @@ class DefendedAPI:
         released = self.defense.perturb(self.quantizer.quantize(clean), self.xinfo(x))
         return (released, clean) if return_clean else released
 
-    def query_all(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Released and clean answers (float32, CPU) for every image, in order, in batches."""
+    def query_all(self, x: torch.Tensor | Dataset, batch_size: int,
+                  loader: LoaderSettings = IN_PROCESS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Released and clean answers (float32, CPU) for every image of ``x`` (images, or a dataset
+        whose items start with one), in order, in batches."""
         released, clean = [], []
-        for start in range(0, len(x), batch_size):
-            r, c = self.query(x[start:start + batch_size], return_clean=True)
+        for batch in read_batches(as_dataset(x), None, batch_size, settings=loader):
+            r, c = self.query(batch[0], return_clean=True)
             released.append(r.cpu().float())
             clean.append(c.cpu().float())
         return torch.cat(released), torch.cat(clean)

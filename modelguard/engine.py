@@ -1,4 +1,6 @@
-"""Plain training and inference loops over in-memory tensors (torchvision-reference style)."""
+"""Plain training and inference loops (torchvision-reference style) over any dataset: batches
+are read through ``modelguard.dataset.loading`` (tensors indexed directly in memory, a
+DataLoader for datasets on disk)."""
 from __future__ import annotations
 
 from typing import Callable, Iterator
@@ -6,7 +8,10 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, read_batches
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,43 +63,47 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax outputs of ``model`` (eval mode) on ``inputs``, returned on the CPU."""
+def predict_probs(model: nn.Module, inputs: torch.Tensor | Dataset, batch_size: int = 512,
+                  device: torch.device | str = "cpu", loader: LoaderSettings = IN_PROCESS) -> torch.Tensor:
+    """Softmax outputs of ``model`` (eval mode) on ``inputs`` (images, or a dataset whose items
+    start with an image), in order, returned on the CPU."""
     was_training = model.training
     model.eval()
-    out = [F.softmax(model(inputs[idx].to(device)), dim=1).cpu() for idx in batches(len(inputs), batch_size)]
+    out = [F.softmax(model(batch[0].to(device, non_blocking=True)), dim=1).cpu()
+           for batch in read_batches(as_dataset(inputs), None, batch_size, settings=loader)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
 
 
-def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, epochs: int, batch_size: int,
+def fit(model: nn.Module, data: Dataset, *, epochs: int, batch_size: int,
         optimizer: Callable, scheduler: Callable | None = None, generator: torch.Generator,
         device: torch.device | str = "cpu", loss_fn: LossFn = default_loss,
         evaluate: Callable[[], dict[str, float]] | None = None, desc: str = "train",
-        progress: bool = True) -> list[dict[str, float]]:
-    """Train ``model`` in place; ``optimizer``/``scheduler`` are factories (Hydra partials).
+        progress: bool = True, loader: LoaderSettings = IN_PROCESS) -> list[dict[str, float]]:
+    """Train ``model`` in place on ``data`` (items: image, target); ``optimizer``/``scheduler``
+    are factories (Hydra partials). Each epoch visits the items in a fresh ``generator`` order.
 
     Returns one record per epoch: the mean training loss plus whatever ``evaluate`` reports.
     """
-    if len(inputs) == 0:
+    if len(data) == 0:
         raise ValueError(f"{desc}: nothing to train on (0 samples)")
     model.to(device)
     opt = optimizer(params=model.parameters())
     sched = scheduler(optimizer=opt) if scheduler is not None else None
+    reader = read_batches(data, None, batch_size, generator, loader)
     history: list[dict[str, float]] = []
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         total, seen = 0.0, 0
-        for idx in batches(len(inputs), batch_size, generator):
-            x, y = inputs[idx].to(device), targets[idx].to(device)
+        for x, y in reader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = loss_fn(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
+            total += loss.item() * len(x)
+            seen += len(x)
         if sched is not None:
             sched.step()
         record = {"epoch": epoch + 1, "loss": total / seen}

@@ -26,6 +26,7 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
     """Run cfg.stages in order in cfg.paths.output_dir; returns (and writes) all metrics."""
     validate(cfg)
     seed_everything(cfg.seed, bool(cfg.deterministic))
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark) and not bool(cfg.deterministic)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out = output_dir(cfg)

@@ -78,6 +78,11 @@ CASES = [
     (("stages=[]",), ("stages=[] is invalid", "stages=[victim,defense]")),
     (("stages=[victim,nonsense]",), ("nonsense", "allowed: victim, defense, query, substitute")),
     (("wandb.mode=bogus",), ("wandb.mode='bogus' is invalid", "wandb.mode=offline")),
+    (("amp=maybe",), ("amp='maybe' is invalid", "set amp=")),
+    (("channels_last=1",), ("channels_last=1 is invalid", "set channels_last=")),
+    (("cudnn_benchmark=maybe",), ("cudnn_benchmark='maybe' is invalid", "set cudnn_benchmark=")),
+    (("loader.num_workers=-1",), ("loader.num_workers=-1 is invalid", "set loader.num_workers=0")),
+    (("loader.pin_memory=maybe",), ("loader.pin_memory='maybe' is invalid", "set loader.pin_memory=false")),
     # the recipes
     (("victim.epochs=abc",), ("victim.epochs='abc' is invalid", "victim.epochs=10")),
     (("victim.batch_size=0",), ("victim.batch_size=0 is invalid", "victim.batch_size=64")),
@@ -100,7 +105,7 @@ CASES = [
     (("attack.hard_label=maybe",), ("attack.hard_label='maybe' is invalid", "set attack.hard_label=false")),
     (("attack.queries_per_image=0.5",), ("attack.queries_per_image=0.5 is invalid", "attack.queries_per_image=1")),
     (("attack.augment_queries=maybe",), ("attack.augment_queries='maybe' is invalid", "attack.augment_queries=false")),
-    (("attack.augment=bogus",), ("attack.augment='bogus' is invalid", "attack.augment=dataset")),
+    (("attack.augment=bogus",), ("attack.augment='bogus' is invalid", "+view@attack.augment=identity")),
     (("attack.rotation_weight=abc",), ("attack.rotation_weight='abc' is invalid", "attack.rotation_weight=0.0")),
     (("attack.table_rows_per_query=0",), ("attack.table_rows_per_query=0 is invalid",
                                           "attack.table_rows_per_query=20")),
@@ -148,8 +153,6 @@ CASES = [
                                                           "attack.table_source.split=auto")),
     # data (the dataset and arch packages own these checks)
     (("dataset.num_classes=1",), ("dataset.num_classes=1 is invalid",)),
-    (("dataset.pool_train_transform=bogus",), ("dataset.pool_train_transform='bogus' is invalid",
-                                               "dataset.pool_train_transform=none")),
     (("dataset=mnist", "dataset.test_fraction=2"), ("dataset.test_fraction=2 is invalid",
                                                     "dataset.test_fraction=0.2")),
 ]
@@ -161,6 +164,7 @@ CLI_ONLY = [
     (("attack.budget=100000",), ("attack.budget=100000 exceeds the query pool of 512 images",
                                  "lower attack.budget")),
     (("bogus=1",), ("Could not override 'bogus'",)),
+    (("+view@attack.augment=bogus",), ("Could not find 'view/bogus'", "Available options in 'view': identity")),
 ]
 CLI_CASES = CLI_ONLY + [case for case in CASES if case[0] in {
     ("attack.budget=100.7",), ("attack.budget=abc",), ("substitute.epochs=0",), ("victim.epochs=-1",),
@@ -222,6 +226,11 @@ def test_missing_cuda_on_a_finished_dir_rewrites_no_marker(capsys, monkeypatch, 
     """device=cuda fresh=true: refused before any stage, so no marker is rewritten (issue 11)."""
     fails_cleanly(capsys, monkeypatch, finished, "device=cuda", "fresh=true",
                   expect=("device=cuda", "CUDA is not available", "device=cpu"))
+
+
+def test_dataset_on_disk_that_is_missing_is_named_before_any_stage(capsys, monkeypatch, finished, tmp_path):
+    fails_cleanly(capsys, monkeypatch, finished, "dataset=cifar10", env={"MODELGUARD_DATA": str(tmp_path / "none")},
+                  expect=(f"the data root {tmp_path / 'none'} does not exist", "MODELGUARD_DATA", "cifar10"))
 
 
 def test_empty_cache_variable_writes_no_cache_in_the_working_dir(capsys, monkeypatch, finished, tmp_path):

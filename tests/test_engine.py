@@ -5,6 +5,7 @@ import functools
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from modelguard.engine import (BestOnTest, batches, check_selection, default_loss, fit, predict_probs,
                                soft_cross_entropy)
@@ -44,7 +45,7 @@ def test_fit_trains_and_is_deterministic_given_the_generator():
     runs = []
     for _ in range(2):
         model = tiny_model()
-        history = fit(model, x, y, epochs=3, batch_size=16,
+        history = fit(model, TensorDataset(x, y), epochs=3, batch_size=16,
                       optimizer=functools.partial(torch.optim.SGD, lr=0.5),
                       scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
                       generator=torch.Generator().manual_seed(0), progress=False,
@@ -54,7 +55,7 @@ def test_fit_trains_and_is_deterministic_given_the_generator():
     assert runs[0][0][-1]["loss"] < runs[0][0][0]["loss"]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1].values(), runs[1][1].values()))
     with pytest.raises(ValueError, match="nothing to train on"):
-        fit(tiny_model(), x[:0], y[:0], epochs=1, batch_size=4, optimizer=torch.optim.SGD,
+        fit(tiny_model(), TensorDataset(x[:0], y[:0]), epochs=1, batch_size=4, optimizer=torch.optim.SGD,
             generator=torch.Generator(), progress=False)
 
 
@@ -66,3 +67,22 @@ def test_best_on_test_and_selection_knob():
     assert check_selection("best_test", "victim.select") == "best_test"
     with pytest.raises(ValueError, match="substitute.select='best'"):
         check_selection("best", "substitute.select")
+
+
+def test_speed_up_keeps_float32_logits_and_the_checkpoint():
+    """bf16 autocast (run here on the CPU, where torch supports it) and channels-last layout:
+    logits stay float32 and close to the plain model's; the state dict keys and values are unchanged."""
+    from modelguard.arch.small import lenet
+    torch.manual_seed(0)
+    plain = lenet(10, 1, 28, [0.5], [0.25])
+    fast = lenet(10, 1, 28, [0.5], [0.25])
+    fast.load_state_dict(plain.state_dict())
+    fast.speed_up(torch.bfloat16, channels_last=True)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        a, b = plain(x), fast(x)
+    assert b.dtype == torch.float32 and a.shape == b.shape
+    assert torch.allclose(a, b, atol=0.05) and not torch.equal(a, b)  # bf16 rounding, not another model
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert fast.features(x).dtype == torch.float32  # S4L's rotation head reads features outside autocast

@@ -111,3 +111,9 @@ def test_cli_failure_keeps_earlier_results(tmp_path):
     assert result.returncode != 0 and "attack.budget=0" in result.stderr
     assert (tmp_path / "run" / "metrics.json").read_text() == before
     assert "failed" in (tmp_path / "run" / "failure.json").read_text()
+
+
+@pytest.mark.parametrize("knob", ["amp", "channels_last", "cudnn_benchmark", "deterministic"])
+def test_speed_switches_must_be_booleans(smoke, knob):
+    with pytest.raises(ValueError, match=f"{knob}='maybe' is invalid: {knob} must be true or false; set {knob}="):
+        run_experiment(smoke(f"{knob}=maybe"))

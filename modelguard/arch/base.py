@@ -21,9 +21,27 @@ class Classifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
         self.num_classes = num_classes
+        self.autocast_dtype: torch.dtype | None = None
+        self.channels_last = False
+
+    def speed_up(self, autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> "Classifier":
+        """GPU speed settings: forward passes under autocast to ``autocast_dtype`` (bfloat16), with
+        float32 logits out (the softmax, the losses and every defense stay in float32 or wider);
+        weights and inputs in channels-last layout. Attributes, not buffers: checkpoints do not change."""
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            return self.head(self.features(x))
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            logits = self.head(self.features(x))
+        return logits.float()

@@ -1,15 +1,19 @@
-"""torchvision architectures behind the Classifier contract (random init: no weight download)."""
+"""torchvision architectures behind the Classifier contract (random init unless ``pretrained``; see
+modelguard.arch.pretrained: nothing downloads unless ``download=True``)."""
 from __future__ import annotations
 
 import torchvision
 from torch import nn
 
 from modelguard.arch.base import Classifier
+from modelguard.arch.pretrained import load_pretrained
 
 
-def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, small_input_stem: bool = True) -> Classifier:
+def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, small_input_stem: bool = True,
+             pretrained: str | None = None, download: bool = False) -> Classifier:
     """torchvision ResNet-18; ``small_input_stem`` swaps the 7x7/2 stem and max-pool for a
-    3x3/1 stem, the usual choice for 28-32 px images."""
+    3x3/1 stem, the usual choice for 28-32 px images (ImageNet weights then skip that stem,
+    whose shape differs)."""
     net = torchvision.models.resnet18(weights=None)
     if small_input_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
@@ -18,7 +22,9 @@ def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, sma
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()
-    return Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
+    model = Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
+    load_pretrained(model, "resnet18", pretrained, download)
+    return model
 
 
 def vgg11_bn(num_classes: int, in_channels: int, image_size: int, mean, std) -> Classifier:

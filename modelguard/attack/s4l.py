@@ -6,7 +6,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, take
 from modelguard.engine import soft_cross_entropy
 
 ROTATIONS = 4
@@ -19,8 +21,9 @@ def rotation_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model.rotation_head(model.features(views)), targets)
 
 
-def substitute_loss(model: torch.nn.Module, rotation_weight: float, pool: torch.Tensor,
-                    generator: torch.Generator) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+def substitute_loss(model: torch.nn.Module, rotation_weight: float, pool: Dataset,
+                    generator: torch.Generator, loader: LoaderSettings = IN_PROCESS
+                    ) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The substitute's loss: soft cross-entropy, plus the rotation loss on a batch of random pool
     images when ``rotation_weight > 0`` (then ``model`` gets a ``rotation_head``)."""
     if rotation_weight <= 0:
@@ -28,7 +31,7 @@ def substitute_loss(model: torch.nn.Module, rotation_weight: float, pool: torch.
     model.rotation_head = torch.nn.Linear(model.feature_dim, ROTATIONS)
 
     def loss(m, x, y):
-        unlabeled = pool[torch.randint(len(pool), (len(x),), generator=generator)].to(x.device)
+        unlabeled = take(pool, torch.randint(len(pool), (len(x),), generator=generator), loader).to(x.device)
         return soft_cross_entropy(m(x), y) + rotation_weight * rotation_loss(m, unlabeled)
 
     return loss

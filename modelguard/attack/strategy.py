@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelguard.attack.augment import check_augment
+from modelguard.dataset.transforms import View
 from modelguard.recover.sources import TableSource
 from modelguard.utils.checks import check_flag, check_number
 
@@ -20,9 +21,9 @@ class AttackStrategy:
         hard_label: train on one-hot argmax labels (after averaging and recovery).
         queries_per_image: passes over the images; answers are averaged (smoothing: 3).
         augment_queries: query augmented views instead of the plain image (smoothing).
-        augment: which view: "dataset" (the query pool family's train transform, as the
-            original; the identity for the embedded MNIST family), or one named directly:
-            "none", "shift" (random ±4 px shifts), "shift_flip".
+        augment: which view: None (the query pool family's train transform, as the
+            original; the identity for the embedded MNIST family), or a view object of
+            ``modelguard.dataset.transforms`` (``ShiftView``: random ±4 px shifts, ...).
         rotation_weight: weight of the S4L rotation loss on unlabeled pool images (0 = off).
         table_source: where the recovery table's clean rows come from, a
             ``modelguard.recover.sources`` object (``attack.table_source`` names its class:
@@ -36,7 +37,7 @@ class AttackStrategy:
     hard_label: bool = False
     queries_per_image: int = 1
     augment_queries: bool = False
-    augment: str = "dataset"
+    augment: View | None = None
     rotation_weight: float = 0.0
     table_source: TableSource | None = None
     table_rows_per_query: int = 20
@@ -53,7 +54,7 @@ class AttackStrategy:
                                               integer=True, fix="set attack.queries_per_image=1 (smoothing: 3)")
         self.augment_queries = check_flag(self.augment_queries, "attack.augment_queries",
                                           fix="set attack.augment_queries=false (or attack=smoothing, which sets it)")
-        check_augment(self.augment)
+        self.augment = check_augment(self.augment)
         self.rotation_weight = check_number(self.rotation_weight, "attack.rotation_weight", low=0,
                                             note="the S4L rotation loss; 0 turns it off",
                                             fix="set attack.rotation_weight=0.0 (or attack=s4l: 1.0)")

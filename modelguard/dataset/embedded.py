@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData, to_pixels
-from modelguard.dataset.transforms import check_pool_transform
+from modelguard.dataset.transforms import IdentityView, View, check_view
+from modelguard.utils.checks import check_number
 from modelguard.utils.seed import make_generator
 
 MNIST_MEAN = (0.1307,)
@@ -44,26 +45,23 @@ class EmbeddedMNIST:
         pool_size: how many of the 20,000 bundled Fashion-MNIST images form the query pool.
         outlier_count: number of 28x28 texture crops in the outlier-exposure set.
         seed: shuffles the digits and places the crops.
-        pool_train_transform: train-time view of the query pool's family, used by attacks
-            that query through the train transform (smoothing). "none": the original's MNIST
-            family trains without augmentation; "shift" / "shift_flip" are alternatives.
+        pool_train_view: train-time view of the query pool's family, used by attacks that
+            query through the train transform (smoothing); None is ``IdentityView()``, as the
+            original's MNIST family trains without augmentation.
     """
 
     def __init__(self, test_fraction: float = 0.2, pool_size: int = 20000, outlier_count: int = 5000,
-                 seed: int = 0, pool_train_transform: str = "none"):
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"dataset.test_fraction={test_fraction} is invalid: it must lie strictly "
-                             "between 0 and 1, e.g. dataset.test_fraction=0.2")
-        if not 1 <= pool_size <= 20000:
-            raise ValueError(f"dataset.pool_size={pool_size} is invalid: the embedded Fashion-MNIST "
-                             "slice holds 20000 images; choose 1..20000")
-        if outlier_count < 1:
-            raise ValueError(f"dataset.outlier_count={outlier_count} is invalid: it must be >= 1")
-        self.test_fraction = test_fraction
-        self.pool_size = pool_size
-        self.outlier_count = outlier_count
-        self.seed = seed
-        self.pool_train_transform = check_pool_transform(pool_train_transform)
+                 seed: int = 0, pool_train_view: View | None = None):
+        self.test_fraction = check_number(test_fraction, "dataset.test_fraction", low=0, high=1, low_open=True,
+                                          high_open=True, fix="set dataset.test_fraction=0.2")
+        self.pool_size = check_number(pool_size, "dataset.pool_size", integer=True, low=1, high=20000,
+                                      note="the embedded Fashion-MNIST slice holds 20000 images",
+                                      fix="set dataset.pool_size=20000")
+        self.outlier_count = check_number(outlier_count, "dataset.outlier_count", integer=True, low=1,
+                                          fix="set dataset.outlier_count=5000")
+        self.seed = check_number(seed, "dataset.seed", integer=True, fix="set dataset.seed=${seed} (the run's seed)")
+        self.pool_train_view = IdentityView() if pool_train_view is None else check_view(
+            pool_train_view, "dataset.pool_train_view")
 
     def load(self) -> ExperimentData:
         generator = make_generator(self.seed, "dataset-embedded")
@@ -84,5 +82,5 @@ class EmbeddedMNIST:
             victim_test=TensorDataset(images[test_idx], labels[test_idx]),
             query_pool=TensorDataset(pool, pool_labels),
             outliers=TensorDataset(crops, torch.zeros(len(crops), dtype=torch.long)),
-            pool_train_transform=self.pool_train_transform,
+            pool_train_view=self.pool_train_view,
         )

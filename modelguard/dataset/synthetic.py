@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from modelguard.dataset.base import ExperimentData
-from modelguard.dataset.transforms import check_pool_transform
+from modelguard.dataset.transforms import IdentityView, View, check_view
+from modelguard.utils.checks import check_number
 from modelguard.utils.seed import make_generator
 
 
@@ -18,18 +19,19 @@ class SyntheticData:
     def __init__(self, num_classes: int = 4, image_size: int = 8, in_channels: int = 1,
                  train_size: int = 256, test_size: int = 128, pool_size: int = 512,
                  outlier_count: int = 128, noise: float = 0.15, seed: int = 0,
-                 pool_train_transform: str = "none"):
-        if num_classes < 2:
-            raise ValueError(f"dataset.num_classes={num_classes} is invalid: need at least 2 classes")
-        if image_size < 4:
-            raise ValueError(f"dataset.image_size={image_size} is invalid: need at least 4 pixels")
-        self.num_classes = num_classes
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.sizes = (train_size, test_size, pool_size, outlier_count)
-        self.noise = noise
-        self.seed = seed
-        self.pool_train_transform = check_pool_transform(pool_train_transform)
+                 pool_train_view: View | None = None):
+        def count(value, knob: str, low: int, default: int) -> int:
+            return check_number(value, f"dataset.{knob}", integer=True, low=low, fix=f"set dataset.{knob}={default}")
+
+        self.num_classes = count(num_classes, "num_classes", 2, 4)
+        self.image_size = count(image_size, "image_size", 4, 8)
+        self.in_channels = count(in_channels, "in_channels", 1, 1)
+        self.sizes = (count(train_size, "train_size", 1, 256), count(test_size, "test_size", 1, 128),
+                      count(pool_size, "pool_size", 1, 512), count(outlier_count, "outlier_count", 1, 128))
+        self.noise = check_number(noise, "dataset.noise", low=0, fix="set dataset.noise=0.15")
+        self.seed = check_number(seed, "dataset.seed", integer=True, fix="set dataset.seed=${seed} (the run's seed)")
+        self.pool_train_view = IdentityView() if pool_train_view is None else check_view(
+            pool_train_view, "dataset.pool_train_view")
 
     def load(self) -> ExperimentData:
         g = make_generator(self.seed, "dataset-synthetic")
@@ -55,5 +57,5 @@ class SyntheticData:
             image_size=self.image_size, mean=(0.5,) * self.in_channels, std=(0.25,) * self.in_channels,
             victim_train=TensorDataset(*train), victim_test=TensorDataset(*test),
             query_pool=TensorDataset(pool, a), outliers=TensorDataset(outliers, torch.zeros(outlier_count, dtype=torch.long)),
-            pool_train_transform=self.pool_train_transform,
+            pool_train_view=self.pool_train_view,
         )

@@ -1,15 +1,19 @@
 """Train-time views of a dataset family, batched, on pixel-space images (spec attacks §1.2).
 
-Each dataset option names the train transform of its query pool's family
-(``ExperimentData.pool_train_transform``); the smoothing attack queries through it, as the
-original's ``train_transform=1`` does (spec attacks §8.1 step 2). A view is a function
+Each dataset option carries the train transform of its query pool's family
+(``dataset.pool_train_view``, a node naming one of the classes below); the smoothing attack
+queries through it, as the original's ``train_transform=1`` does (spec attacks §8.1 step 2),
+unless ``attack.augment`` names another. A view is a callable
 ``(images [N, C, H, W] in [0, 1], generator) -> images of the same shape``.
 
-- ``none``: the identity. The original's MNIST family trains without augmentation, so this
-  is the view of the embedded MNIST / Fashion-MNIST data.
-- ``shift``: random shifted crop with zero padding 4 (``RandomCrop(size, padding=4)``).
-- ``shift_flip``: ``shift`` then a random horizontal flip, as the original's cifar and
+- ``IdentityView``: the original's MNIST family trains without augmentation, so this is the
+  view of the embedded MNIST / Fashion-MNIST data.
+- ``ShiftView``: random shifted crop with zero padding 4 (``RandomCrop(size, padding=4)``).
+- ``ShiftFlipView``: a shift, then a random horizontal flip, as the original's cifar and
   tinyimagenet families (``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``).
+
+The ``view`` config group (conf/view/) names them for the command line:
+``+view@attack.augment=shift``, ``+view@dataset.pool_train_view=shift_flip``.
 """
 from __future__ import annotations
 
@@ -18,10 +22,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from modelguard.utils.checks import check_number
+
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-POOL_TRANSFORMS = ("none", "shift", "shift_flip")
-
 
 def identity_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x
@@ -45,17 +48,44 @@ def shift_flip_view(x: torch.Tensor, generator: torch.Generator, padding: int = 
     return torch.where(flip[:, None, None, None].to(x.device), shifted.flip(-1), shifted)
 
 
-_VIEWS: dict[str, View] = {"none": identity_view, "shift": shift_view, "shift_flip": shift_flip_view}
+class IdentityView:
+    """The image as it is."""
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return identity_view(x, generator)
+
+    def __repr__(self) -> str:
+        return "IdentityView()"
 
 
-def check_pool_transform(name: str, knob: str = "dataset.pool_train_transform") -> str:
-    if name not in POOL_TRANSFORMS:
-        raise ValueError(f"{knob}={name!r} is invalid: allowed values are {', '.join(POOL_TRANSFORMS)}; "
-                         f"set {knob}=none for the MNIST family (no augmentation, as the original) or "
-                         f"{knob}=shift_flip for a CIFAR-like family")
-    return name
+class ShiftView:
+    """``shift_view`` with ``padding`` pixels of zero padding."""
+
+    def __init__(self, padding: int = 4):
+        self.padding = check_number(padding, "view.padding", integer=True, low=0,
+                                    fix="set the view's padding to 4 (RandomCrop's padding)")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return shift_view(x, generator, self.padding)
+
+    def __repr__(self) -> str:
+        return f"ShiftView(padding={self.padding})"
 
 
-def pool_view(name: str) -> View:
-    """The view called ``name`` (one of POOL_TRANSFORMS)."""
-    return _VIEWS[check_pool_transform(name)]
+class ShiftFlipView(ShiftView):
+    """``shift_flip_view`` with ``padding`` pixels of zero padding."""
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return shift_flip_view(x, generator, self.padding)
+
+    def __repr__(self) -> str:
+        return f"ShiftFlipView(padding={self.padding})"
+
+
+def check_view(view, knob: str) -> View:
+    """``view`` if it is a callable view, else a ValueError naming ``knob`` and the choices."""
+    if not callable(view):
+        raise ValueError(f"{knob}={view!r} is invalid: it must be a node naming a view class "
+                         "(modelguard.dataset.transforms.IdentityView, ShiftView or ShiftFlipView); "
+                         f"on the command line: +view@{knob}=identity|shift|shift_flip")
+    return view

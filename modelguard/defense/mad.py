@@ -6,8 +6,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from modelguard.defense.base import Defense, check_probs, release_dtype, row_distance, strict_top1
+from modelguard.defense.base import Defense, check_probs, release_dtype, strict_top1
 from modelguard.utils.checks import check_number
+from modelguard.utils.rows import row_distance
 
 BUMP = 1e-5  # added to the top class of every vertex candidate before normalising (§4.3)
 SMOOTH = 1e-8  # y + 1e-8, renormalised, inside the objective of the K > 10 path (§4.3)
@@ -314,6 +315,9 @@ class MAD(Defense):
             # α·1e-5/K: rounding to float32 can merge it with the runner-up
             strict_top1(out, exact, y.argmax(dim=1))
         return out
+
+    def original_jbda_eps(self) -> float | None:
+        return float(self.eps)
 
     def extra_repr(self) -> str:
         return (

@@ -79,6 +79,9 @@ class ModelGuardW(Defense):
         self.last_objective = obj
         return out
 
+    def original_jbda_eps(self) -> float | None:
+        return float(self.eps)
+
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, budget={self.budget!r}, backend={self.backend!r}, "
                 f"margin={self.margin}, log_delta={self.log_delta}")

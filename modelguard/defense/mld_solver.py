@@ -46,8 +46,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modelguard.defense.base import release_dtype, row_chunks
+from modelguard.defense.base import release_dtype
 from modelguard.utils.checks import check_number
+from modelguard.utils.rows import row_chunks
 
 __all__ = ["solve_mld", "min_feasible_eps"]
 

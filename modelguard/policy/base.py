@@ -21,19 +21,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, TensorDataset
 
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.loading import indexed
 
 
 @dataclass
 class QueryLog:
-    """What a query policy collected: images, the answers as released, and (for evaluation and
-    the strong adaptive attacker of spec §12.4 only) the victim's clean answers."""
+    """What a query policy collected: which images, the answers as released, and (for evaluation
+    and the strong adaptive attacker of spec §12.4 only) the victim's clean answers.
 
-    inputs: torch.Tensor          # [N, C, H, W] pixel-space images that were queried
+    Pool images are kept by index only, so a log never holds the pool in memory; ``inputs``
+    holds the images themselves only for a policy that makes its own (JBDA-TR's synthetic
+    images, with its seeds)."""
+
     released: torch.Tensor        # [N, K] released answers (averaged over passes)
     clean: torch.Tensor           # [N, K] clean answers on the first pass
     pool_index: torch.Tensor      # [N] index into the query pool, -1 for synthetic images
+    inputs: torch.Tensor | None = None  # [N, C, H, W] the queried images, when not all are pool images
+
+    def images(self, pool: Dataset) -> Dataset:
+        """The queried images, in order, as a dataset: ``inputs`` when held, else the pool's
+        images at ``pool_index``."""
+        if self.inputs is not None:
+            return TensorDataset(self.inputs)
+        return indexed(pool, self.pool_index)
 
 
 class QueryPolicy:
@@ -50,6 +63,6 @@ class QueryPolicy:
         """API calls this policy spends for ``attack.budget`` images (the API's budget)."""
         return attack.budget * attack.queries_per_image
 
-    def collect(self, api, pool: torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
+    def collect(self, api, pool: Dataset | torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
                 progress: bool = True) -> QueryLog:
         raise NotImplementedError

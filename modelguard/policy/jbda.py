@@ -30,10 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, take
 from modelguard.policy.base import QueryLog, QueryPolicy
 from modelguard.utils.checks import check_number
 
@@ -45,26 +47,24 @@ class JacobianAugmentation(QueryPolicy):
     def __init__(self, seed_size: int = 1000, variants: int = 3, step_eps: float = 0.1, steps: int = 8,
                  step_scale: float = 1.85, max_rounds: int | None = None,
                  substitute_weight_decay: float | None = 5e-4, compat: Mapping[str, Any] | None = None):
-        seed_size = check_number(seed_size, "policy.seed_size", low=1, integer=True, fix="set policy.seed_size=1000")
-        variants = check_number(variants, "policy.variants", low=1, integer=True, fix="set policy.variants=3")
-        step_eps = check_number(step_eps, "policy.step_eps", low=0, low_open=True, fix="set policy.step_eps=0.1")
-        steps = check_number(steps, "policy.steps", low=1, integer=True, fix="set policy.steps=8")
-        step_scale = check_number(step_scale, "policy.step_scale", low=0, low_open=True,
-                                  fix="set policy.step_scale=1.85")
+        self.seed_size = check_number(seed_size, "policy.seed_size", integer=True, low=1,
+                                      note="the original: 1000", fix="set policy.seed_size=1000")
+        self.variants = check_number(variants, "policy.variants", integer=True, low=1,
+                                     note="jbtr3 uses 3", fix="set policy.variants=3")
+        self.step_eps = check_number(step_eps, "policy.step_eps", low=0, low_open=True,
+                                     note="the paper: 0.1", fix="set policy.step_eps=0.1")
+        self.steps = check_number(steps, "policy.steps", integer=True, low=1,
+                                  note="the paper: 8", fix="set policy.steps=8")
+        self.step_scale = check_number(step_scale, "policy.step_scale", low=0, low_open=True,
+                                       note="the original: 1.85", fix="set policy.step_scale=1.85")
         if max_rounds is not None:
-            max_rounds = check_number(max_rounds, "policy.max_rounds", low=1, integer=True, note="null: no limit",
-                                      fix="set policy.max_rounds=null")
-        wd = substitute_weight_decay
-        if wd is not None and (isinstance(wd, bool) or not isinstance(wd, (int, float))
-                               or not math.isfinite(wd) or wd < 0):
-            raise ValueError(f"policy.substitute_weight_decay={substitute_weight_decay!r} is invalid: it must be "
-                             "a number >= 0, or null to keep substitute.optimizer.weight_decay; set "
-                             "policy.substitute_weight_decay=5e-4 (the original's JBDA-TR substitute)")
-        self.seed_size = seed_size
-        self.variants = variants
-        self.step_eps = step_eps
-        self.steps = steps
-        self.step_scale = step_scale
+            max_rounds = check_number(max_rounds, "policy.max_rounds", integer=True, low=1,
+                                      note="null: as many rounds as the budget allows", fix="set policy.max_rounds=null")
+        if substitute_weight_decay is not None:
+            substitute_weight_decay = check_number(
+                substitute_weight_decay, "policy.substitute_weight_decay", low=0,
+                note="or null to keep substitute.optimizer.weight_decay",
+                fix="set policy.substitute_weight_decay=5e-4 (the original's JBDA-TR substitute)")
         self.step_size = step_scale * step_eps / steps
         self.max_rounds = max_rounds
         self.substitute_weight_decay = substitute_weight_decay
@@ -108,26 +108,30 @@ class JacobianAugmentation(QueryPolicy):
                 delta = torch.maximum(torch.minimum(x + delta, hi), lo) - x
         return (x + delta).detach()
 
-    def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
+    def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy, generator: torch.Generator,
                 progress: bool = True, *, train_substitute: Callable, relabel: Callable,
                 defense_eps: float | None = None, mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None) -> QueryLog:
+                std: Sequence[float] | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
         """``defense_eps``: the defense's eps when the original would have taken it (MAD,
-        ModelGuard-W), else None; ``mean``/``std``: the dataset's normalisation."""
+        ModelGuard-W), else None; ``mean``/``std``: the dataset's normalisation.
+
+        JBDA-TR holds its images in memory (its seed set from the pool, then the synthetic
+        images it makes from them), as the original did: at most ``attack.budget`` images."""
+        pool = as_dataset(pool)
         budget = attack.budget
         eps = self.effective_eps(defense_eps)
         self.metrics["jbda/step_eps"] = eps
         self.metrics["jbda/step_size"] = self.step_scale * eps / self.steps
         seeds = torch.randperm(len(pool), generator=generator)[: min(self.seed_size, budget)]
-        inputs = [pool[seeds]]
+        inputs = [take(pool, seeds, loader)]
         index = [seeds]
-        released, clean = api.query_all(pool[seeds], attack.query_batch_size)
+        released, clean = api.query_all(inputs[0], attack.query_batch_size)
         answers, cleans = [released], [clean]
         rounds = 0
         bar = tqdm(total=budget, desc="query jbtr", unit="img", disable=not progress, leave=False)
         bar.update(api.queries)
         while api.queries < budget and (self.max_rounds is None or rounds < self.max_rounds):
-            log = QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
+            log = QueryLog(torch.cat(answers), torch.cat(cleans), torch.cat(index), inputs=torch.cat(inputs))
             labels, _ = relabel(api, log)
             substitute, metrics = train_substitute(log.inputs, labels.float(), f"round{rounds}")
             self.metrics[f"jbda/round{rounds}_size"] = len(log.inputs)
@@ -157,7 +161,7 @@ class JacobianAugmentation(QueryPolicy):
             rounds += 1
         bar.close()
         self.metrics["jbda/rounds"] = rounds
-        return QueryLog(torch.cat(inputs), torch.cat(answers), torch.cat(cleans), torch.cat(index))
+        return QueryLog(torch.cat(answers), torch.cat(cleans), torch.cat(index), inputs=torch.cat(inputs))
 
 
 def _check_compat(compat: Mapping[str, Any] | None) -> dict[str, Any]:

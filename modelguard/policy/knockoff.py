@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from modelguard.api import DefendedAPI
 from modelguard.attack.augment import query_view
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, indexed, read_batches
 from modelguard.dataset.transforms import View
 from modelguard.policy.base import QueryLog, QueryPolicy
 
@@ -15,8 +17,8 @@ class KnockoffRandom(QueryPolicy):
     """Query a seeded random permutation of the pool, ``budget`` unique images, in batches.
 
     With ``attack.augment_queries`` every pass queries a fresh view of each image
-    (``attack.augment``: ``dataset`` = ``dataset_view``, the pool family's train transform that
-    the query stage passes in). The transfer set keeps the plain images, and the clean answers
+    (``attack.augment``, or when it is None ``dataset_view``, the pool family's train transform
+    that the query stage passes in). The transfer set keeps the plain images, and the clean answers
     are those of the first pass (spec attacks §12.13)."""
 
     def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
@@ -24,19 +26,20 @@ class KnockoffRandom(QueryPolicy):
             raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
                              f"lower attack.budget or enlarge the pool (dataset.pool_size)")
 
-    def collect(self, api: DefendedAPI, pool: torch.Tensor, attack: AttackStrategy,
+    def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy,
                 generator: torch.Generator, progress: bool = True,
-                dataset_view: View | None = None) -> QueryLog:
+                dataset_view: View | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
+        pool = as_dataset(pool)
         self.check_pool(attack, len(pool))
         index = torch.randperm(len(pool), generator=generator)[: attack.budget]
         view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
+        queried = indexed(pool, index)  # read batch by batch: the images are never all in memory at once
         released_sum = None
         clean = None
         bar = tqdm(total=self.max_queries(attack), desc="query", unit="img", disable=not progress, leave=False)
         for qpass in range(attack.queries_per_image):
             outs, cleans = [], []
-            for start in range(0, attack.budget, attack.query_batch_size):
-                x = pool[index[start:start + attack.query_batch_size]]
+            for (x,) in read_batches(queried, None, attack.query_batch_size, settings=loader):
                 if view is not None:
                     x = view(x, generator)
                 released, clean_batch = api.query(x, return_clean=True)
@@ -48,5 +51,5 @@ class KnockoffRandom(QueryPolicy):
             if qpass == 0:
                 clean = torch.cat(cleans)
         bar.close()
-        return QueryLog(inputs=pool[index], released=(released_sum / attack.queries_per_image).float(),
+        return QueryLog(released=(released_sum / attack.queries_per_image).float(),
                         clean=clean, pool_index=index)

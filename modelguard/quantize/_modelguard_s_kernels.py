@@ -24,7 +24,7 @@ batch.
 Two drivers: :func:`quantize_fast` (CPU, no Dirichlet search) does the bookkeeping in numpy
 (its per-op overhead is a fraction of torch's, and the arrays are small) and
 :func:`quantize_online` (any device, Dirichlet search) in torch. Every distance goes
-through :func:`~modelguard.defense.base.row_distance` (in reused float64 scratch buffers:
+through :func:`~modelguard.utils.rows.row_distance` (in reused float64 scratch buffers:
 fresh multi-megabyte allocations cost more in page faults than the arithmetic), so every
 comparison with eps is the per-row loop's.
 """
@@ -35,7 +35,7 @@ import math
 import numpy as np
 import torch
 
-from modelguard.defense.base import row_chunks, row_distance
+from modelguard.utils.rows import row_chunks, row_distance
 
 #: Upper bound on the elements of one [pairs, K] float64 temporary (about 32 MB).
 _PAIR_BUDGET = 1 << 22

@@ -48,10 +48,11 @@ import warnings
 import numpy as np
 import torch
 
-from modelguard.defense.base import check_probs, release_dtype, row_distance
+from modelguard.defense.base import check_probs, release_dtype
 from modelguard.quantize import _modelguard_s_kernels as kernels
 from modelguard.quantize.base import Quantizer
 from modelguard.utils.checks import check_number
+from modelguard.utils.rows import row_distance
 from modelguard.utils.seed import stream_seed
 
 __all__ = ["ModelGuardS", "row_distance"]
@@ -76,7 +77,7 @@ def _mix64(*values: int) -> int:
 class ModelGuardS(Quantizer):
     """Incremental per-class quantizer (ModelGuard-S, ordered mode, spec §7.3/§7.4).
 
-    Distances are :func:`~modelguard.defense.base.row_distance` with ``norm`` "l1" or "l2"
+    Distances are :func:`~modelguard.utils.rows.row_distance` with ``norm`` "l1" or "l2"
     (also importable from here as ``row_distance``).
     """
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from modelguard.defense.base import release_dtype, row_chunks, row_distance
+from modelguard.defense.base import release_dtype
 from modelguard.recover.base import Recoverer
 from modelguard.utils.checks import check_flag, check_number
+from modelguard.utils.rows import row_chunks, row_distance
 
 _NORM_NAMES = {1: "l1", 2: "l2_linalg"}  # the lookup's p, as row_distance spells it
 
@@ -19,7 +20,7 @@ _NORM_NAMES = {1: "l1", 2: "l2_linalg"}  # the lookup's p, as row_distance spell
 def _distance(a: torch.Tensor, b: torch.Tensor, norm: int) -> torch.Tensor:
     """‖a − b‖_p along the last dimension (p = ``norm``, 1 or 2): the distance of the lookup.
 
-    :func:`~modelguard.defense.base.row_distance` (L2 as ``torch.linalg.vector_norm``).
+    :func:`~modelguard.utils.rows.row_distance` (L2 as ``torch.linalg.vector_norm``).
     The batched lookup and :func:`recover_reference` use it for every exact distance; a
     row reduction does not depend on how many rows there are, so the neighbour set
     {d_j ≤ τ} is the reference's even when entries tie at τ.

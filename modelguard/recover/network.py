@@ -32,11 +32,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modelguard.defense.base import release_dtype
-from modelguard.defense.base import row_chunks
 from modelguard.recover.base import Recoverer
 from modelguard.utils.checks import check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
 from modelguard.utils.seed import make_generator, stream_seed
+from modelguard.utils.rows import row_chunks
 
 #: The paper's recovery-network optimizer and LR schedule (the defaults of
 #: :class:`RecoveryNetwork` and of conf/recover/network.yaml).

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.utils.data import Dataset
 
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, indexed
 from modelguard.engine import fit, predict_probs
 from modelguard.utils.seed import make_generator, seed_torch
 
@@ -73,9 +75,10 @@ def plan_shadows(pool_labels: torch.Tensor, k: int, count: int, seed: int, split
     return tasks
 
 
-def train_shadows(tasks: list[ShadowTask], pool: torch.Tensor, make_model: Callable[[], torch.nn.Module], *,
+def train_shadows(tasks: list[ShadowTask], pool: Dataset, make_model: Callable[[], torch.nn.Module], *,
                   epochs: int, batch_size: int, optimizer: Callable, scheduler: Callable | None, seed: int,
-                  device: torch.device | str = "cpu", progress: bool = True) -> list[torch.nn.Module]:
+                  device: torch.device | str = "cpu", progress: bool = True,
+                  loader: LoaderSettings = IN_PROCESS) -> list[torch.nn.Module]:
     """One model per task, from ``make_model()`` at the seed of its stream ``shadow-<i>-init``,
     trained on its images with batches from ``shadow-<i>-batches`` (``optimizer``/``scheduler``:
     factories, as ``engine.fit`` takes them)."""
@@ -83,14 +86,15 @@ def train_shadows(tasks: list[ShadowTask], pool: torch.Tensor, make_model: Calla
     for i, task in enumerate(tasks):
         seed_torch(seed, f"shadow-{i}-init")
         model = make_model()
-        fit(model, pool[task.index], task.labels, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+        fit(model, indexed(pool, task.index, task.labels), epochs=epochs, batch_size=batch_size, loader=loader,
+            optimizer=optimizer,
             scheduler=scheduler, generator=make_generator(seed, f"shadow-{i}-batches"), device=device,
             desc=f"shadow {i + 1}/{len(tasks)}", progress=progress)
         models.append(model)
     return models
 
 
-def shadow_outputs(models: list[torch.nn.Module], inputs: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+def shadow_outputs(models: list[torch.nn.Module], inputs: torch.Tensor | Dataset, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean samples = every shadow's softmax on every input, tagged with the input's index."""
     outs = [predict_probs(m, inputs, device=device) for m in models]
     index = torch.arange(len(inputs)).repeat(len(models))

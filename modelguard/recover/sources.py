@@ -16,12 +16,12 @@ The table itself is then the defended API's offline form applied to these rows
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from modelguard.recover.shadows import SPLITS, plan_shadows, shadow_outputs
 from modelguard.recover.table import dirichlet_table_clean
+from modelguard.utils.checks import check_number
 
 
 class TableSource:
@@ -34,11 +34,9 @@ class DirichletPrior(TableSource):
     paper's strong adaptive attacker, bayes and D-DAE+; ``recover.table.dirichlet_table_clean``)."""
 
     def __init__(self, concentration_factor: float = 8.0):
-        number = isinstance(concentration_factor, (int, float)) and not isinstance(concentration_factor, bool)
-        if not number or not math.isfinite(concentration_factor) or concentration_factor <= 0:
-            raise ValueError(f"attack.table_source.concentration_factor={concentration_factor!r} is invalid: "
-                             "it must be a number > 0 (the paper: 8)")
-        self.concentration_factor = float(concentration_factor)
+        self.concentration_factor = check_number(
+            concentration_factor, "attack.table_source.concentration_factor", low=0, low_open=True,
+            note="the paper: 8", fix="set attack.table_source.concentration_factor=8")
 
     def clean_rows(self, size: int, generator: torch.Generator, *, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return dirichlet_table_clean(clean, size, self.concentration_factor, generator)
@@ -53,9 +51,8 @@ class ShadowModels(TableSource):
     more rows than ``size``, a seeded subset of ``size`` rows is kept."""
 
     def __init__(self, count: int = 5, split: str = "auto"):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"attack.table_source.count={count!r} is invalid: train at least one shadow model, "
-                             "e.g. attack.table_source.count=5")
+        count = check_number(count, "attack.table_source.count", integer=True, low=1,
+                             note="the shadow models to train", fix="set attack.table_source.count=5")
         if split not in SPLITS:
             raise ValueError(f"attack.table_source.split={split!r} is invalid: allowed values are "
                              f"{', '.join(SPLITS)}; set attack.table_source.split=auto (disjoint image shares "

@@ -21,9 +21,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from modelguard.defense.base import release_dtype, row_chunks, row_distance
+from modelguard.defense.base import release_dtype
 # the lookup, re-exported for conf/recover/table.yaml's _target_ and existing imports
 from modelguard.recover.lookup import TableLookup, recover_reference  # noqa: F401
+from modelguard.utils.rows import row_chunks, row_distance
 
 ALPHA_MIN = 1e-8
 """Floor on the Dirichlet concentration: float32 softmax outputs can underflow to 0,
@@ -122,6 +123,7 @@ def simulate_table(
     xinfo: torch.Tensor | None = None,
     chunk: int = 65536,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The defense's offline answers for every clean table row (defenses.md §9.1 step 4).
 
@@ -135,7 +137,8 @@ def simulate_table(
     row per table row.
 
     The answers are stored in ``release_dtype`` of the clean rows' dtype, the dtype the
-    defenses answer in (float32 for a half-precision table, not rounded back to it).
+    defenses answer in (float32 for a half-precision table, not rounded back to it), on the
+    clean rows' device. ``device`` (e.g. the API's CUDA device) is where each chunk is simulated.
     """
     fn = simulate_fn.simulate if hasattr(simulate_fn, "simulate") else simulate_fn
     n = clean.shape[0]
@@ -151,7 +154,11 @@ def simulate_table(
             xi = None
             if xinfo is not None:
                 xi = xinfo[start:stop] if index is None else xinfo[index[start:stop].to(xinfo.device)]
-            out[start:stop] = fn(clean[start:stop], xi)
+            rows = clean[start:stop]
+            if device is not None:
+                rows = rows.to(device, non_blocking=True)
+                xi = None if xi is None else xi.to(device, non_blocking=True)
+            out[start:stop] = fn(rows, xi).to(out.device)
             bar.update(stop - start)
     return out
 
@@ -160,7 +167,7 @@ def epsilon_keep_mask(clean: torch.Tensor, perturbed: torch.Tensor, eps: float) 
     """Bool [N]: pairs with ‖clean − perturbed‖₁ ≤ ε (inclusive).
 
     Computed in float64 with the arithmetic of ModelGuard-S's own test
-    (:func:`~modelguard.defense.base.row_distance`), so for an L1 quantizer a pair
+    (:func:`~modelguard.utils.rows.row_distance`), so for an L1 quantizer a pair
     is kept exactly when the frozen quantizer found a centroid within ε. In float32 the
     sum rounds by ~1e-7 and ε itself becomes float32(ε): a pair at distance ε from its
     centroid (which the quantizer accepted) could be dropped, and a fallback pair just

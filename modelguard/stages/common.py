@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
+from modelguard.dataset.loading import LoaderSettings
 from modelguard.utils.cache import Built, cached_artifact, config_hash
 from modelguard.utils.device import resolve_device
 from modelguard.utils.io import UnreadableArtifact, load_json, load_tensors, save_json, save_tensors
@@ -48,6 +49,11 @@ def device_of(cfg: DictConfig) -> torch.device:
     return resolve_device(cfg.device)
 
 
+def loader_of(cfg: DictConfig) -> LoaderSettings:
+    """How the run reads datasets on disk (``cfg.loader``)."""
+    return instantiate(cfg.loader)
+
+
 @lru_cache(maxsize=4)
 def _load_data(dataset_yaml: str) -> ExperimentData:
     return instantiate(OmegaConf.create(dataset_yaml)).load()
@@ -57,9 +63,14 @@ def load_data(cfg: DictConfig) -> ExperimentData:
     return _load_data(OmegaConf.to_yaml(cfg.dataset, resolve=True))
 
 
-def build_model(arch_cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
-    return instantiate(arch_cfg, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, mean=list(data.mean), std=list(data.std))
+def build_model(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
+    """A fresh ``cfg.arch`` model for ``data``; on CUDA with the run's speed settings (``amp``:
+    bfloat16 autocast of forward passes, ``channels_last``), which CPU runs ignore."""
+    model = instantiate(cfg.arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, mean=list(data.mean), std=list(data.std))
+    if device_of(cfg).type == "cuda":
+        model.speed_up(torch.bfloat16 if cfg.amp else None, bool(cfg.channels_last))
+    return model
 
 
 def _short_name(node: DictConfig) -> str:
@@ -103,7 +114,7 @@ def cache_fix(problem: str, directory: Path) -> str:
 
 def load_cached_model(cfg: DictConfig, data: ExperimentData, path: Path) -> torch.nn.Module:
     """A model of cfg.arch from a shared cache file, in eval mode; a damaged file is named with the fix."""
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     try:
         state = load_tensors(path)
     except UnreadableArtifact as err:

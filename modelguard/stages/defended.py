@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
+from modelguard.dataset.loading import take
 from modelguard.stages.common import (build_model, device_of, load_cached_model, load_victim, runtime_inputs,
                                      shared_artifact, victim_dir)
 from modelguard.utils.io import save_tensors
@@ -23,12 +24,11 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
 
     def build(d) -> dict[str, Any]:
         seed_torch(cfg.seed, "mad-proxy-init")
-        proxy = build_model(cfg.arch, data)
-        x = data.victim_train.tensors[0]
-        pick = torch.randperm(len(x), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
+        proxy = build_model(cfg, data)
+        pick = torch.randperm(len(data.victim_train), generator=make_generator(cfg.seed, "mad-proxy"))[:10]
         proxy.train()
         with torch.no_grad():
-            proxy(x[pick])
+            proxy(take(data.victim_train, pick))
         save_tensors(proxy.state_dict(), d / "proxy.pt")
         return {}
 

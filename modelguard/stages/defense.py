@@ -9,15 +9,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from modelguard.metrics import accuracy, distortion
-from modelguard.stages.common import load_data
+from modelguard.dataset.loading import labels_of
+from modelguard.stages.common import load_data, loader_of
 from modelguard.stages.defended import build_api
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     data = load_data(cfg)
     api = build_api(cfg, data)
-    x_test, y_test = data.victim_test.tensors
-    released, clean = api.query_all(x_test, int(cfg.attack.query_batch_size))
+    released, clean = api.query_all(data.victim_test, int(cfg.attack.query_batch_size), loader=loader_of(cfg))
+    y_test = labels_of(data.victim_test)
     stats = distortion(clean, released)
     metrics = {"defense/protected_acc": accuracy(released, y_test),
                "defense/clean_acc": accuracy(clean, y_test),

@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils.data import TensorDataset
 
-from modelguard.defense.mad import MAD
-from modelguard.defense.mld import ModelGuardW
 from modelguard.metrics import row_l1
-from modelguard.stages.common import load_data, output_dir, runtime_inputs
+from modelguard.stages.common import load_data, loader_of, output_dir, runtime_inputs
 from modelguard.stages.defended import build_api
 from modelguard.stages.recovery import recover_labels
 from modelguard.stages.training import make_trainer
@@ -27,7 +26,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     attack = instantiate(cfg.attack)
     policy = instantiate(cfg.policy)
     api = build_api(cfg, data, budget=policy.max_queries(attack))
-    log = policy.collect(api, data.query_pool.tensors[0], attack, make_generator(cfg.seed, "query"),
+    log = policy.collect(api, data.query_pool, attack, make_generator(cfg.seed, "query"),
                          progress=bool(cfg.progress), **policy_inputs(cfg, data, attack, policy, api))
     labels, recover_metrics = recover_labels(cfg, data, api, attack, log)
     if attack.hard_label:
@@ -43,7 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def precheck(cfg: DictConfig) -> None:
     """What needs the data to be checked (the budget against the pool), before any stage runs."""
     data = load_data(cfg)
-    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool.tensors[0]))
+    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool))
 
 
 def outputs(cfg: DictConfig) -> list[Path]:
@@ -59,25 +58,14 @@ def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
         trainer = make_trainer(cfg, data)
         # JBDA-TR synthesises from the substitute as trained (the last epoch), as the original
         # does with its in-memory model; substitute.select only picks the weights reported/saved.
-        return lambda inputs, labels, tag: trainer(inputs, labels, tag, keep="last")
+        return lambda inputs, labels, tag: trainer(TensorDataset(inputs, labels), tag, keep="last")
 
     return runtime_inputs(policy.collect, {
-        "dataset_view": data.pool_train_view,
+        "dataset_view": lambda: data.pool_train_view,
         "train_substitute": train_substitute,
         "relabel": lambda: (lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)),
-        "defense_eps": lambda: original_epsilon(api.defense),
+        "defense_eps": lambda: api.defense.original_jbda_eps(),
         "mean": lambda: tuple(data.mean),
         "std": lambda: tuple(data.std),
+        "loader": lambda: loader_of(cfg),
     })
-
-
-# The defenses whose eps the original passed as an ``epsilon`` kwarg, which its JBDA-TR then
-# took as its own PGD radius (spec attacks §12.1): MAD and ModelGuard-W (random noise's was
-# ``epsilon_z``, the quantizer's eps is separate). A fact about the original's code that joins
-# two groups, so it lives here, in the glue, not in the defense classes.
-ORIGINAL_EPSILON_KWARG: tuple[type, ...] = (MAD, ModelGuardW)
-
-
-def original_epsilon(defense) -> float | None:
-    """The defense's eps where the original's JBDA-TR took it (``ORIGINAL_EPSILON_KWARG``), else None."""
-    return float(defense.eps) if isinstance(defense, ORIGINAL_EPSILON_KWARG) else None

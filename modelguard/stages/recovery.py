@@ -20,11 +20,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from modelguard.dataset.loading import labels_of
 from modelguard.metrics import row_l1
 from modelguard.recover.shadows import resolve_split, train_shadows
 from modelguard.recover.sources import ShadowModels, TableSource
 from modelguard.recover.table import epsilon_filter, simulate_table
-from modelguard.stages.common import build_model, device_of, load_cached_model, node_hash, runtime_inputs, shared_artifact
+from modelguard.stages.common import (build_model, device_of, load_cached_model, loader_of, node_hash, runtime_inputs,
+                                     shared_artifact)
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator
 
@@ -58,13 +60,13 @@ def build_recovery_table(cfg: DictConfig, data, api, attack, log) -> tuple[torch
     generator = make_generator(cfg.seed, f"recovery-table-{len(log.released)}")
     clean, index = source.clean_rows(size, generator, **runtime_inputs(source.clean_rows, {
         "clean": lambda: log.clean,
-        "inputs": lambda: log.inputs,
+        "inputs": lambda: log.images(data.query_pool),
         "shadow_models": lambda: shadow_models(cfg, data, source),
         "device": lambda: device_of(cfg),
     }))
-    xinfo = api.side_information(log.inputs)
+    xinfo = api.side_information(log.images(data.query_pool), loader=loader_of(cfg))
     perturbed = simulate_table(clean.to(torch.float32), api.simulate, index=index, xinfo=xinfo,
-                               progress=bool(cfg.progress))
+                               progress=bool(cfg.progress), device=api.device)
     eps = cfg.quantize.get("eps")  # a quantizer with an eps ball (ModelGuard-S): the table's eps filter
     if eps is not None:
         clean, perturbed = epsilon_filter(clean, perturbed, float(eps))
@@ -87,14 +89,15 @@ def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.
     """The source's shadow models, trained once with the substitute's recipe for
     ``substitute.shadow_epochs`` epochs and cached."""
     directory = shadow_dir(cfg, source)
-    pool, pool_labels = data.query_pool.tensors
+    pool, pool_labels = data.query_pool, labels_of(data.query_pool)
     tasks = source.plan(pool_labels, data.num_classes, int(cfg.seed))
     recipe = cfg.substitute
 
     def build(d: Path) -> dict[str, Any]:
-        models = train_shadows(tasks, pool, lambda: build_model(cfg.arch, data), epochs=int(recipe.shadow_epochs),
+        models = train_shadows(tasks, pool, lambda: build_model(cfg, data), epochs=int(recipe.shadow_epochs),
                                batch_size=recipe.batch_size, optimizer=instantiate(recipe.optimizer),
                                scheduler=instantiate(recipe.scheduler), seed=int(cfg.seed), device=device_of(cfg),
+                               loader=loader_of(cfg),
                                progress=bool(cfg.progress))
         for i, model in enumerate(models):
             save_tensors(model.state_dict(), d / f"shadow_{i}.pt")

@@ -19,8 +19,8 @@ from modelguard.utils.io import save_tensors
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     data = load_data(cfg)
-    inputs, labels = load_transfer(output_dir(cfg) / "transfer.pt", data.query_pool.tensors[0])
-    model, metrics = make_trainer(cfg, data)(inputs, labels, "final")
+    transfer = load_transfer(output_dir(cfg) / "transfer.pt", data.query_pool)
+    model, metrics = make_trainer(cfg, data)(transfer, "final")
     save_tensors(model.state_dict(), output_dir(cfg) / "substitute.pt")
     return metrics
 

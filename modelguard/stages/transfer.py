@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
+from modelguard.dataset.loading import transfer_images
 from modelguard.policy.base import QueryLog
 from modelguard.utils.io import UnreadableArtifact, load_tensors, save_tensors
 
@@ -19,8 +21,9 @@ def save_transfer(path: Path, log: QueryLog, labels: torch.Tensor) -> None:
     save_tensors(transfer, path)
 
 
-def load_transfer(path: Path, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of a saved transfer set; the images in order, pool ones by index."""
+def load_transfer(path: Path, pool: Dataset) -> Dataset:
+    """A saved transfer set as a dataset of (image, label): pool images by index, synthetic ones
+    stored (``dataset.loading.transfer_images``)."""
     if not path.exists():
         raise FileNotFoundError(f"no transfer set at {path}; run the query stage first")
     try:
@@ -28,14 +31,4 @@ def load_transfer(path: Path, pool: torch.Tensor) -> tuple[torch.Tensor, torch.T
     except UnreadableArtifact as err:
         raise UnreadableArtifact(err.path, f"{err.problem}; run the query stage again to rewrite it "
                                  "(stages=[query,substitute], or fresh=true)") from None
-    return load_transfer_inputs(transfer, pool), transfer["labels"]
-
-
-def load_transfer_inputs(transfer: dict[str, torch.Tensor], pool: torch.Tensor) -> torch.Tensor:
-    """Images of a saved transfer set, in order: pool images by index, synthetic ones stored."""
-    index = transfer["pool_index"]
-    inputs = torch.empty((len(index), *pool.shape[1:]), dtype=pool.dtype)
-    inputs[index >= 0] = pool[index[index >= 0]]
-    if (index < 0).any():
-        inputs[index < 0] = transfer["inputs"].to(pool.dtype)
-    return inputs
+    return transfer_images(pool, transfer["pool_index"], transfer.get("inputs"), transfer["labels"])

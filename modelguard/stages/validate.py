@@ -62,7 +62,7 @@ def check_run_knobs(cfg: DictConfig) -> None:
     """The knobs at the top of conf/main.yaml."""
     stage_names(cfg.stages)
     check_number(cfg.seed, "seed", integer=True, fix="set seed=0")
-    for flag in ("deterministic", "fresh", "progress"):
+    for flag in ("deterministic", "fresh", "progress", "amp", "channels_last", "cudnn_benchmark"):
         check_flag(cfg[flag], flag, fix=f"set {flag}=true or {flag}=false")
     if cfg.get("threads") is not None:
         check_number(cfg.threads, "threads", low=1, integer=True, note="torch CPU threads; null: torch's default",

@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from modelguard.defense.am import misinformation_loss, outlier_exposure_loss
-from modelguard.engine import BestOnTest, batches, check_selection, predict_probs
+from modelguard.dataset.loading import BatchReader, indexed, labels_of, CyclicBatches, batch_sizes, read_batches
+from modelguard.engine import BestOnTest, check_selection, predict_probs
 from modelguard.metrics import accuracy
-from modelguard.stages.common import (build_model, device_of, load_data, output_dir, shared_artifact, victim_dir,
-                                     victim_files)
+from modelguard.stages.common import build_model, device_of, load_data, loader_of, shared_artifact, victim_dir, victim_files
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator, seed_torch
 
@@ -30,12 +30,11 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     select = check_selection(recipe.select, "victim.select")
     device = device_of(cfg)
     data = load_data(cfg)
-    x_train, y_train = data.victim_train.tensors
-    x_test, y_test = data.victim_test.tensors
-    outliers = data.outliers.tensors[0]
+    loader = loader_of(cfg)
+    y_test = labels_of(data.victim_test)
     seed_torch(cfg.seed, "victim-init")  # model initialisation
-    victim = build_model(cfg.arch, data).to(device)
-    misinformation = build_model(cfg.arch, data).to(device) if recipe.misinformation else None
+    victim = build_model(cfg, data).to(device)
+    misinformation = build_model(cfg, data).to(device) if recipe.misinformation else None
     if misinformation is not None:
         misinformation.load_state_dict(victim.state_dict())  # same initialisation (spec §5.1)
     opt_v = instantiate(recipe.optimizer)(params=victim.parameters())
@@ -44,19 +43,24 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
         opt_m = instantiate(recipe.optimizer)(params=misinformation.parameters())
         sched_m = instantiate(recipe.scheduler)(optimizer=opt_m)
     generator = make_generator(cfg.seed, "victim-batches")
-    oe_start = 0
+    train_batches = read_batches(data.victim_train, None, recipe.batch_size, generator, loader)
+    # OE batches come in a fixed cycling order, one per training batch and of its size.
+    oe_batches = (BatchReader(data.outliers, CyclicBatches(len(data.outliers), batch_sizes(
+        len(data.victim_train), recipe.batch_size)), loader) if recipe.oe_lambda > 0 else None)
+
+    def test_accuracy(model) -> float:
+        return accuracy(predict_probs(model, data.victim_test, device=device, loader=loader), y_test)
+
     history = []
     best_on_test = BestOnTest()
     bar = tqdm(range(recipe.epochs), desc="victim", unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in bar:
         victim.train()
-        for idx in batches(len(x_train), recipe.batch_size, generator):
-            x, y = x_train[idx].to(device), y_train[idx].to(device)
-            if recipe.oe_lambda > 0:
-                # OE batches come in a fixed cycling order; one forward pass so BatchNorm sees both.
-                oe_idx = (oe_start + torch.arange(len(idx))) % len(outliers)
-                oe_start = int(oe_idx[-1]) + 1
-                logits = victim(torch.cat([x, outliers[oe_idx].to(device)]))
+        for x, y, *oe in _with_outliers(train_batches, oe_batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if oe:
+                # one forward pass so BatchNorm sees both
+                logits = victim(torch.cat([x, oe[0].to(device, non_blocking=True)]))
                 loss = F.cross_entropy(logits[: len(x)], y) + recipe.oe_lambda * outlier_exposure_loss(logits[len(x):])
             else:
                 loss = F.cross_entropy(victim(x), y)
@@ -72,7 +76,7 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
         sched_v.step()
         if misinformation is not None:
             sched_m.step()
-        acc = accuracy(predict_probs(victim, x_test, device=device), y_test)
+        acc = test_accuracy(victim)
         history.append({"epoch": epoch + 1, "test_acc": acc})
         if select == "best_test":
             best_on_test.update(victim, acc)
@@ -84,16 +88,24 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     victim.eval()
     save_tensors(victim.state_dict(), directory / "victim.pt")
     metrics: dict[str, Any] = {"victim/test_acc": history[selected_epoch - 1]["test_acc"] if history else
-                               accuracy(predict_probs(victim, x_test, device=device), y_test),
+                               test_accuracy(victim),
                                "victim/selected_epoch": selected_epoch}
     if misinformation is not None:
         misinformation.eval()
         save_tensors(misinformation.state_dict(), directory / "misinformation.pt")
-        metrics["victim/misinformation_acc"] = accuracy(predict_probs(misinformation, x_test, device=device), y_test)
-        ood = predict_probs(victim, data.query_pool.tensors[0][:1000], device=device).max(dim=1).values
+        metrics["victim/misinformation_acc"] = test_accuracy(misinformation)
+        first_pool = indexed(data.query_pool, torch.arange(min(1000, len(data.query_pool))))
+        ood = predict_probs(victim, first_pool, device=device, loader=loader).max(dim=1).values
         metrics["victim/pool_mean_top1"] = ood.mean().item()
     metrics["victim/history"] = history
     return metrics
+
+
+def _with_outliers(train_batches, oe_batches):
+    """(images, labels) batches, each followed by its outlier batch when there is one."""
+    if oe_batches is None:
+        return iter(train_batches)
+    return ((x, y, oe[0]) for (x, y), oe in zip(train_batches, oe_batches))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from modelguard.policy.jbda import JacobianAugmentation
 from modelguard.policy.knockoff import KnockoffRandom
 from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.embedded import EmbeddedMNIST
-from modelguard.dataset.transforms import identity_view, shift_flip_view
+from modelguard.dataset.transforms import IdentityView, ShiftFlipView, ShiftView, identity_view, shift_flip_view
 from modelguard.defense.none import NoDefense
 from modelguard.defense.top1 import Top1
 from modelguard.engine import BestOnTest
@@ -27,7 +27,6 @@ from modelguard.recover.shadows import plan_shadows
 from modelguard.recover.sources import ShadowModels
 from modelguard.run import run_experiment
 from modelguard.stages.common import build_model, load_data, node_hash
-from modelguard.stages.query import original_epsilon
 from modelguard.stages.recovery import shadow_dir
 from modelguard.stages.training import substitute_optimizer
 from modelguard.utils.io import load_tensors
@@ -50,14 +49,14 @@ def test_embedded_smoothing_view_is_the_identity_and_shift_knob_shifts(compose_c
     cfg = compose_cfg("attack=smoothing")
     data = load_data(cfg)
     attack = instantiate(cfg.attack)
-    assert attack.augment_queries and attack.augment == "dataset"
-    assert data.pool_train_transform == "none"
+    assert attack.augment_queries and attack.augment is None
+    assert isinstance(data.pool_train_view, IdentityView)
     x = data.query_pool.tensors[0][:32]
-    view = query_view(attack.augment, data.pool_train_view())
+    view = query_view(attack.augment, data.pool_train_view)
     assert torch.equal(view(x, torch.Generator().manual_seed(0)), x)
 
-    shifted = query_view(instantiate(compose_cfg("attack=smoothing", "attack.augment=shift").attack).augment,
-                         data.pool_train_view())(x, torch.Generator().manual_seed(0))
+    shifted = query_view(instantiate(compose_cfg("attack=smoothing", "+view@attack.augment=shift").attack).augment,
+                         data.pool_train_view)(x, torch.Generator().manual_seed(0))
     assert shifted.shape == x.shape and not torch.equal(shifted, x)
     # each view is the image moved by at most 4 px: some shift of the padded image matches it
     padded = F.pad(x[:1], (4, 4, 4, 4))
@@ -76,7 +75,7 @@ def test_identity_view_repeats_the_answer_of_a_deterministic_defense():
         assert torch.equal(log.released, single.float())
     api = DefendedAPI(tiny_model(), NoDefense(), budget=60)
     shifted = KnockoffRandom().collect(api, pool, AttackStrategy(budget=20, queries_per_image=3, augment_queries=True,
-                                                                 augment="shift"),
+                                                                 augment=ShiftView()),
                                        torch.Generator().manual_seed(0), progress=False, dataset_view=identity_view)
     assert not torch.allclose(shifted.released, shifted.clean)
 
@@ -88,11 +87,17 @@ def test_shift_flip_view_flips_some_images():
     assert 0 < sum(flipped) < 64
 
 
-def test_view_knobs_are_validated():
-    with pytest.raises(ValueError, match="dataset.pool_train_transform='blur'.*none, shift, shift_flip"):
-        EmbeddedMNIST(pool_train_transform="blur")
-    with pytest.raises(ValueError, match="attack.augment='crop'.*dataset, none, shift"):
+def test_view_knobs_are_validated(compose_cfg):
+    with pytest.raises(ValueError, match="dataset.pool_train_view='blur'.*IdentityView, ShiftView or ShiftFlipView"):
+        EmbeddedMNIST(pool_train_view="blur")
+    with pytest.raises(ValueError, match=r"attack.augment='crop'.*\+view@attack.augment=identity\|shift\|shift_flip"):
         AttackStrategy(augment="crop")
+    with pytest.raises(ValueError, match="view.padding=-1 is invalid"):
+        ShiftView(padding=-1)
+    # the view group reaches both knobs from the command line
+    cfg = compose_cfg("+view@dataset.pool_train_view=shift_flip", "+view@attack.augment=identity")
+    assert isinstance(instantiate(cfg.dataset.pool_train_view), ShiftFlipView)
+    assert isinstance(instantiate(cfg.attack).augment, IdentityView)
 
 
 # --- D-DAE shadows ----------------------------------------------------------------------------
@@ -155,7 +160,7 @@ def test_jbtr3_defaults_follow_the_original(compose_cfg):
 
 
 def test_defense_eps_replaces_the_pgd_eps_for_mad_and_modelguard_w(compose_cfg):
-    eps = {name: original_epsilon(instantiate(compose_cfg(f"defense={name}").defense))
+    eps = {name: instantiate(compose_cfg(f"defense={name}").defense).original_jbda_eps()
            for name in ("mld", "mad", "reverse_sigmoid", "random_noise", "top1", "none")}
     assert eps == {"mld": 1.0, "mad": 1.0, "reverse_sigmoid": None, "random_noise": None, "top1": None, "none": None}
     policy = JacobianAugmentation(seed_size=8, steps=8, step_eps=0.1)
@@ -252,7 +257,7 @@ def test_best_test_selection_keeps_the_best_epoch(smoke, tmp_path):
     assert 1 <= record["victim/selected_epoch"] <= 3 and 1 <= record["surrogate/selected_epoch"] <= 4
     cfg = smoke()
     data = load_data(cfg)
-    model = build_model(cfg.arch, data)
+    model = build_model(cfg, data)
     model.load_state_dict(load_tensors(out / "substitute.pt"))
     x, y = data.victim_test.tensors
     with torch.no_grad():

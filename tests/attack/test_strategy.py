@@ -6,7 +6,7 @@ import torch
 
 from modelguard.api import BudgetExceeded
 from modelguard.arch.small import mlp
-from modelguard.attack.augment import random_view
+from modelguard.dataset.transforms import ShiftView
 from modelguard.attack.s4l import rotation_loss
 from modelguard.attack.strategy import AttackStrategy
 from tests.helpers import pool, tiny_api
@@ -20,10 +20,10 @@ def test_api_refuses_to_exceed_budget():
 
 def test_random_view_shifts_within_padding_and_keeps_range():
     x = pool(10)
-    v = random_view(x, torch.Generator().manual_seed(0), padding=2)
+    v = ShiftView(padding=2)(x, torch.Generator().manual_seed(0))
     assert v.shape == x.shape and v.min() >= 0 and v.max() <= 1
     assert not torch.equal(v, x)
-    assert torch.equal(random_view(x, torch.Generator().manual_seed(0), padding=0), x)
+    assert torch.equal(ShiftView(padding=0)(x, torch.Generator().manual_seed(0)), x)
 
 
 def test_rotation_loss_trains_the_rotation_head():

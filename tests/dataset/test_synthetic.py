@@ -26,5 +26,5 @@ def test_seeded():
 def test_knobs_are_validated():
     with pytest.raises(ValueError, match="dataset.num_classes=1"):
         SyntheticData(num_classes=1)
-    with pytest.raises(ValueError, match="dataset.pool_train_transform"):
-        SyntheticData(pool_train_transform="rotate")
+    with pytest.raises(ValueError, match="dataset.pool_train_view='rotate' is invalid.*view@dataset.pool_train_view"):
+        SyntheticData(pool_train_view="rotate")

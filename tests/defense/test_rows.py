@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelguard.defense.base import ROW_NORMS, row_chunks, row_distance
+from modelguard.utils.rows import ROW_NORMS, row_chunks, row_distance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from modelguard.attack.strategy import AttackStrategy
+from modelguard.dataset.transforms import ShiftView
 from modelguard.defense.top1 import Top1
 from modelguard.policy.knockoff import KnockoffRandom
 from tests.helpers import pool, tiny_api
@@ -23,7 +24,7 @@ def test_knockoff_queries_a_seeded_permutation_within_budget():
 
 def test_smoothing_averages_three_augmented_passes():
     api = tiny_api(budget=60, defense=Top1())
-    attack = AttackStrategy(budget=20, queries_per_image=3, augment_queries=True, augment="shift")
+    attack = AttackStrategy(budget=20, queries_per_image=3, augment_queries=True, augment=ShiftView())
     log = KnockoffRandom().collect(api, pool(), attack, torch.Generator().manual_seed(0), progress=False)
     assert api.queries == 60
     assert torch.allclose(log.released.sum(1), torch.ones(20))

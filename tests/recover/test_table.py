@@ -425,3 +425,13 @@ def test_lookup_reexported_from_table_and_argument_errors():
                           (dict(chunk_elements=0), r"recover.chunk_elements=0 is invalid: .*integer ≥ 1")):
         with pytest.raises(ValueError, match=match):
             TableLookup(**kwargs)
+
+
+def test_simulate_table_on_a_named_device_returns_rows_where_the_table_is():
+    g = torch.Generator().manual_seed(5)
+    clean, index = dirichlet_table_clean(torch.softmax(torch.randn(6, 4, generator=g), 1), 40, 8.0, g)
+    defense = _XinfoDefense()
+    xinfo = torch.softmax(torch.randn(6, 4, generator=g), 1)
+    here = simulate_table(clean, defense, index=index, xinfo=xinfo, chunk=16, progress=False)
+    named = simulate_table(clean, defense, index=index, xinfo=xinfo, chunk=16, progress=False, device="cpu")
+    assert torch.equal(here, named) and named.device == clean.device
