@@ -55,12 +55,13 @@ def one_line(message: str) -> str:
     for line in message.splitlines():
         if not line.strip():
             continue
+        item = " ".join(line.split())  # the alignment of a multi-line message means nothing on one line
         if line.startswith("\t") and parts and parts[-1].endswith(":"):
-            parts[-1] += " " + line.strip()
+            parts[-1] += " " + item
         elif line.startswith("\t") and parts:
-            parts[-1] += ", " + line.strip()
+            parts[-1] += ", " + item
         else:
-            parts.append(line.strip())
+            parts.append(item)
     text = ""
     for part in parts:
         text += ("" if not text else " " if text.endswith((".", ":", ";")) else "; ") + part

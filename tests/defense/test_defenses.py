@@ -130,7 +130,7 @@ def test_flags():
     assert not ReverseSigmoid().top1_preserve  # grid: γ = 0.2
     assert ReverseSigmoid(0.5, 1.5).top1_preserve and ReverseSigmoid(0.0, 0.2).top1_preserve
     assert ReverseSigmoid(0.3, 0.0).top1_preserve
-    assert not ReverseSigmoid(1.0, 1.0).top1_preserve  # β·γ = 1: every answer is uniform
+    assert not ReverseSigmoid(0.5, 2.0).top1_preserve  # β·γ = 1: g'(1/2) = 0, not strictly increasing
     assert not RandomNoise().top1_preserve and not AdaptiveMisinformation().top1_preserve
     assert MAD().top1_preserve and not MAD(oracle="argmin").top1_preserve
     assert MAD.requires_xinfo and AdaptiveMisinformation.requires_xinfo and not RandomNoise.requires_xinfo
@@ -271,7 +271,7 @@ def test_reverse_sigmoid_exact():
         (lambda: TopK(2, one_hot="no"), r"defense.one_hot='no'"),
         (lambda: Rounding(-1), r"defense.decimals=-1 is invalid: .*≥ 0.*set defense.decimals=1"),
         (lambda: Rounding(1.0), r"defense.decimals=1.0"),
-        (lambda: ReverseSigmoid(beta=-1), r"defense.beta=-1 is invalid: beta must be .*≥ 0; set defense.beta=0.21"),
+        (lambda: ReverseSigmoid(beta=-1), r"defense.beta=-1 is invalid: beta must be .*in \[0, 1\) .*; set defense.beta=0.21"),
         (lambda: ReverseSigmoid(gamma=float("inf")), r"defense.gamma=inf .*set defense.gamma=0.2"),
         (lambda: RandomNoise(eps=0), r"defense.eps=0 is invalid: .*> 0"),
         (lambda: RandomNoise(norm="linf"), r"defense.norm='linf' .*'l1', 'l2'"),
