@@ -153,6 +153,9 @@ CASES = [
                                                           "attack.table_source.split=auto")),
     # data (the dataset and arch packages own these checks)
     (("dataset.num_classes=1",), ("dataset.num_classes=1 is invalid",)),
+    (("dataset.train_size=0",), ("dataset.train_size=0 is invalid", "set dataset.train_size=256")),
+    (("dataset.noise=-1",), ("dataset.noise=-1 is invalid", "set dataset.noise=0.15")),
+    (("dataset.outlier_count=0",), ("dataset.outlier_count=0 is invalid", "set dataset.outlier_count=128")),
     (("dataset=mnist", "dataset.test_fraction=2"), ("dataset.test_fraction=2 is invalid",
                                                     "dataset.test_fraction=0.2")),
 ]
