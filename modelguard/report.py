@@ -55,7 +55,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     config = [k for k in config if k.startswith("choice/")] + [k for k in config if not k.startswith("choice/")]
     metrics = [k for k in MAIN_METRICS if k in keys]
     metrics += sorted(k for k in keys if k not in metrics and not _is_config(k)
-                      and k not in ("seed", "status", "error", "run_dir"))
+                      and k not in ("seed", "status", "error", "traceback", "run_dir"))
     return config, metrics
 
 
@@ -93,8 +93,16 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return _num(value)
     return str(value)
+
+
+def _num(value: float) -> str:
+    """A number for a table cell: whole numbers as integers (budgets and query counts: 10000,
+    not 1e+04), others to 4 significant digits."""
+    if math.isfinite(value) and float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -134,7 +142,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                     cells.append(_fmt(values[0]))
                 else:
                     mean, std = mean_std(values)
-                    cells.append(f"{mean:.4g} ± {std:.2g}")
+                    cells.append(f"{_num(mean)} ± {std:.2g}")
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines.append("No finished jobs.")

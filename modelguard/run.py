@@ -4,47 +4,22 @@ callback that writes a sweep's report when a multirun ends.
 With ``main.py`` and ``modelguard/stages/``, the only code that sees the config."""
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from typing import Any
 
 import torch
 from hydra.experimental.callback import Callback
-from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modelguard.engine import check_selection
-from modelguard.stages import STAGES
+from modelguard.stages import OUTPUTS, PRECHECKS, STAGES
 from modelguard.stages.common import mark_done, output_dir, science_groups, stage_done
-from modelguard.utils.io import save_json
+from modelguard.stages.validate import stage_names, validate
+from modelguard.utils.io import readable_problem, save_json
 from modelguard.utils.seed import seed_everything
 from modelguard.utils.tracking import Tracker
 
 log = logging.getLogger("modelguard")
-
-def validate(cfg: DictConfig) -> None:
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"stages={list(cfg.stages)} names unknown stage(s) {unknown}; "
-                         f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
-    if not isinstance(cfg.seed, int):
-        raise ValueError(f"seed={cfg.seed!r} is invalid: it must be an integer, e.g. seed=0")
-    for knob in ("amp", "channels_last", "cudnn_benchmark", "deterministic"):
-        if not isinstance(cfg.get(knob), bool):
-            raise ValueError(f"{knob}={cfg.get(knob)!r} is invalid: it must be true or false; set {knob}=false")
-    check_selection(cfg.victim.select, "victim.select")  # recipes are plain nodes, not classes
-    check_selection(cfg.substitute.select, "substitute.select")
-    if int(cfg.substitute.shadow_epochs) < 1:
-        raise ValueError(f"substitute.shadow_epochs={cfg.substitute.shadow_epochs} is invalid: D-DAE's shadow models "
-                         "train for at least one epoch (the paper: 5)")
-    # Build every configured object once before any stage runs, so a bad value stops the run
-    # with the constructor's message before anything is trained or overwritten. Factories that
-    # take runtime shapes (arch: num_classes, ...) are only resolved.
-    for group in science_groups(cfg):
-        target = cfg[group].get("_target_")
-        if target is not None:
-            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
 
 
 def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -55,6 +30,10 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out = output_dir(cfg)
+    finished = {name: finished_stage(cfg, name) for name in stage_names(cfg.stages)}
+    for name, done in finished.items():
+        if done is None and name in PRECHECKS:
+            PRECHECKS[name](cfg)
     out.mkdir(parents=True, exist_ok=True)
     choices = dict(choices or {})
     record: dict[str, Any] = {"seed": int(cfg.seed), **{f"choice/{k}": v for k, v in choices.items()}}
@@ -63,8 +42,7 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
                       OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
     metrics: dict[str, Any] = {}
     try:
-        for name in cfg.stages:
-            done = stage_done(cfg, name)
+        for name, done in finished.items():
             if done is not None:
                 log.info("stage %s: already done in %s, reusing its results", name, out)
                 metrics.update(done)
@@ -72,7 +50,9 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
             start = time.perf_counter()
             log.info("stage %s ...", name)
             stage_metrics = STAGES[name](cfg)
-            stage_metrics[f"time/{name}_s"] = round(time.perf_counter() - start, 3)
+            # waiting for another job's lock (the shared victim) is not this job's work
+            waited = stage_metrics.get(f"time/{name}_wait_s", 0.0)
+            stage_metrics[f"time/{name}_s"] = round(time.perf_counter() - start - waited, 3)
             mark_done(cfg, name, stage_metrics)
             tracker.log(stage_metrics)
             metrics.update(stage_metrics)
@@ -82,6 +62,20 @@ def run_experiment(cfg: DictConfig, choices: dict[str, str] | None = None) -> di
     finally:
         tracker.finish()
     return record
+
+
+def finished_stage(cfg: DictConfig, name: str) -> dict[str, Any] | None:
+    """The metrics of a stage finished in this run dir whose outputs are all there and readable;
+    None when it must run (no marker, another config, ``fresh``, or an output gone or damaged)."""
+    done = stage_done(cfg, name)
+    if done is None:
+        return None
+    for path in OUTPUTS[name](cfg):
+        problem = readable_problem(path)
+        if problem is not None:
+            log.warning("stage %s: its done marker exists but %s; running it again", name, problem)
+            return None
+    return done
 
 
 def swept_scalars(cfg: DictConfig) -> dict[str, Any]:

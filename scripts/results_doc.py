@@ -167,12 +167,18 @@ def recovery_table(ok: list[dict[str, Any]], defenses: list[str], attacks: list[
     return md_table(header, body)
 
 
+def stage_seconds(record: dict[str, Any]) -> float:
+    """A job's compute: its stage times (time/*_s), without time spent waiting for another job's
+    lock (time/victim_wait_s: that job's training is counted where it ran)."""
+    return sum(v for k, v in record.items()
+               if k.startswith("time/") and not k.endswith("_wait_s") and number(v) is not None)
+
+
 def timing_table(ok: list[dict[str, Any]], attacks: list[str]) -> str:
     """Measured cost per job: the sum of its stage times (time/*_s), mean and max per attack."""
     body = []
     for a in attacks:
-        totals = [sum(v for k, v in r.items() if k.startswith("time/") and number(v) is not None)
-                  for r in ok if str(r.get("choice/attack")) == a]
+        totals = [stage_seconds(r) for r in ok if str(r.get("choice/attack")) == a]
         if totals:
             body.append([f"`{a}`", str(len(totals)), f"{statistics.fmean(totals):.1f}", f"{max(totals):.1f}",
                          f"{sum(totals) / 60:.1f}"])
@@ -386,7 +392,7 @@ def build(sweep_dir: Path, out: Path, img_dir: Path, command: str, wall_seconds:
                      "so their time is not in it")
         lines.append(f"| wall time | {wall} |")
     if ok:
-        core = sum(v for r in ok for k, v in r.items() if k.startswith("time/") and number(v) is not None)
+        core = sum(stage_seconds(r) for r in ok)
         lines.append(f"| compute | {core / 60:.1f} min summed over the jobs' stage times (time/*_s) |")
     lines.append("")
     mixed = mixed_settings(ok)

@@ -20,3 +20,11 @@ def tiny_api(budget=None, defense=None, k: int = 4) -> DefendedAPI:
 
 def pool(n: int = 64, seed: int = 1) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def results_only(record: dict) -> dict:
+    """A metrics record without what describes the job's own work rather than its results:
+    wall times (time/*, and any other key in seconds, *_s: recover/table_build_s) and whether
+    this job trained the shared victim (victim/trained_here)."""
+    return {k: v for k, v in record.items()
+            if not k.startswith("time/") and not k.endswith("_s") and k != "victim/trained_here"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from modelguard.stages.common import build_model, load_data
 
@@ -180,6 +180,19 @@ def test_run_keys_are_the_one_list(compose_cfg):
         assert job_config_hash(compose_cfg(override)) == job_config_hash(cfg), override
     for override in ("attack.budget=5", "seed=1", "defense=top1", "substitute.shadow_epochs=2"):
         assert job_config_hash(compose_cfg(override)) != job_config_hash(cfg), override
+
+
+def test_every_leaf_of_an_ignored_node_stays_out_of_the_dir_name(compose_cfg):
+    """Hydra's override_dirname compares overrides as typed (paths.cache_dir=...), so a node key
+    (paths) does not cover its leaves there: each leaf is listed (a bad cache path once landed in
+    the run-directory name, issue 11)."""
+    cfg = compose_cfg()
+    ignored = {k for k, kind in cfg.run_keys.items() if kind == "ignored"}
+    for key in ignored:
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig):
+            leaves = {f"{key}.{leaf}" for leaf in node.keys()}
+            assert leaves <= ignored, (key, leaves - ignored)
 
 
 def _defaults(cls) -> dict:

@@ -173,3 +173,9 @@ def test_same_job_under_other_settings_is_flagged(sweep, tmp_path):
     assert "**Warning: the sweep holds the same defense, attack and seed under different settings " \
            "(`attack.table_rows_per_query`)" in text
     assert row_of(text, "### Substitute accuracy", "none")[2].endswith("(n=6)")
+
+
+def test_compute_leaves_out_waiting_for_another_job():
+    # a job that waited 30 s for the shared victim's lock did 3 s of work (issue 11)
+    record = {"time/victim_s": 2.0, "time/victim_wait_s": 30.0, "time/query_s": 1.0, "victim/trained_here": False}
+    assert doc.stage_seconds(record) == 3.0

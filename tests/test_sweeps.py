@@ -57,7 +57,7 @@ def _fake_job(root: Path, where: str, attack: str, defense: str, seed: int, eps:
         record["defense.eps"] = eps
     if status:
         record = {k: v for k, v in record.items() if "/" not in k or k.startswith("choice/")}
-        record.update(status=status, error="ValueError: boom")
+        record.update(status=status, error="ValueError: boom", traceback=["Traceback ...\n", "ValueError: boom\n"])
     path = root / where / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
@@ -86,6 +86,7 @@ def test_report_reads_metrics_not_dir_names(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == n + 1
     assert {"choice/attack", "choice/defense", "seed", "defense.eps", "surrogate/test_acc", "status"} <= set(table[0])
+    assert "traceback" not in table[0]  # a failed job's traceback stays in its metrics.json
 
     md = (root / "results.md").read_text()
     # 2 attacks x (none + 3 eps) lines, mean ± std over the two seeds
@@ -95,6 +96,21 @@ def test_report_reads_metrics_not_dir_names(tmp_path):
     assert "1 failed job" in md and "broken" in md
     assert (root / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     write_report(root, x_metric="defense/l1_mean")
+
+
+def test_report_prints_budgets_and_query_counts_as_integers(tmp_path):
+    """results.md printed 1e+04 for 10000 queries (the mean of integers is a float; issue 11)."""
+    for seed in (0, 1):
+        for budget in (5000, 10000):
+            _fake_job(tmp_path, f"b{budget}/s{seed}", "naive", "none", seed, None)
+            path = tmp_path / f"b{budget}/s{seed}" / "metrics.json"
+            record = json.loads(path.read_text())
+            record.update({"attack.budget": budget, "queries": budget, "surrogate/test_acc": 0.5 + 0.01 * seed})
+            path.write_text(json.dumps(record))
+    write_report(tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "e+0" not in md
+    assert "| naive | none | 10000 | 2 | 0.9 ± 0 | 0.905 ± 0.0071 | 0 ± 0 | 10000 ± 0 | 0.505 ± 0.0071 |" in md
 
 
 def test_report_cli(tmp_path):
@@ -120,7 +136,7 @@ def _slow_build(directory: Path) -> dict:
 
 
 def _use_artifact(directory: str, queue) -> None:
-    metrics = cached_artifact(Path(directory), _slow_build)
+    metrics = cached_artifact(Path(directory), _slow_build).metrics
     size = (Path(directory) / "blob.bin").stat().st_size
     queue.put((metrics["size"], size))
 
@@ -143,12 +159,14 @@ def test_cached_artifact_built_once_and_never_read_half_written(tmp_path):
 def _victim_stage(cfg, queue) -> None:
     from modelguard.run import run_experiment
 
-    record = run_experiment(cfg, {})
-    queue.put(record["victim/test_acc"])
+    run_experiment(cfg, {})
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    queue.put((os.getpid(), record["victim/test_acc"], record["victim/trained_here"], record["time/victim_wait_s"]))
 
 
 def test_concurrent_jobs_train_the_victim_once(smoke, tmp_path, monkeypatch):
-    """The real victim stage in 3 processes at once, sharing one cache: one training, same victim."""
+    """The real victim stage in 4 processes at once on an empty cache: one training, one victim,
+    and each job's metrics.json says whether it trained it (issue 11)."""
     import modelguard.stages.victim as victim_stage
 
     real = victim_stage.train_victim
@@ -161,16 +179,19 @@ def test_concurrent_jobs_train_the_victim_once(smoke, tmp_path, monkeypatch):
     monkeypatch.setattr(victim_stage, "train_victim", counting)  # inherited by the forked jobs
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    cfgs = [smoke("stages=[victim]", "threads=1", output_dir=tmp_path / f"job{i}") for i in range(3)]
+    cfgs = [smoke("stages=[victim]", "threads=1", output_dir=tmp_path / f"job{i}") for i in range(4)]
     procs = [ctx.Process(target=_victim_stage, args=(cfg, queue)) for cfg in cfgs]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    accs = [queue.get(timeout=5) for _ in procs]
-    assert len(set(accs)) == 1
-    assert len((tmp_path / "trainings.log").read_text().split()) == 1
+    seen = [queue.get(timeout=5) for _ in procs]
+    trainers = (tmp_path / "trainings.log").read_text().split()
+    print(f"4 concurrent jobs, {len(trainers)} training(s); waits {sorted(round(s[3], 2) for s in seen)} s")
+    assert len(trainers) == 1
+    assert len({acc for _, acc, _, _ in seen}) == 1
+    assert [pid for pid, _, here, _ in seen if here] == [int(trainers[0])]  # the record names the trainer
     assert not list((tmp_path / "cache").glob("**/*.tmp"))
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from modelguard.attack.augment import check_augment
 from modelguard.dataset.transforms import View
 from modelguard.recover.sources import TableSource
+from modelguard.utils.checks import check_flag, check_number
 
 
 @dataclass
@@ -42,19 +43,26 @@ class AttackStrategy:
     table_rows_per_query: int = 20
 
     def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise ValueError(f"attack.budget={self.budget} is invalid: it must be >= 1 image")
-        if self.query_batch_size < 1:
-            raise ValueError(f"attack.query_batch_size={self.query_batch_size} is invalid: it must be >= 1")
-        if self.queries_per_image < 1:
-            raise ValueError(f"attack.queries_per_image={self.queries_per_image} is invalid: it must be >= 1")
+        self.budget = check_number(self.budget, "attack.budget", low=1, integer=True,
+                                   note="images answered, the size of the transfer set",
+                                   fix="set attack.budget=10000 (a whole number of images)")
+        self.query_batch_size = check_number(self.query_batch_size, "attack.query_batch_size", low=1, integer=True,
+                                             note="images per API call", fix="set attack.query_batch_size=32")
+        self.hard_label = check_flag(self.hard_label, "attack.hard_label", fix="set attack.hard_label=false "
+                                     "(or attack=top1, which sets it)")
+        self.queries_per_image = check_number(self.queries_per_image, "attack.queries_per_image", low=1,
+                                              integer=True, fix="set attack.queries_per_image=1 (smoothing: 3)")
+        self.augment_queries = check_flag(self.augment_queries, "attack.augment_queries",
+                                          fix="set attack.augment_queries=false (or attack=smoothing, which sets it)")
         self.augment = check_augment(self.augment)
-        if self.rotation_weight < 0:
-            raise ValueError(f"attack.rotation_weight={self.rotation_weight} is invalid: it must be >= 0")
+        self.rotation_weight = check_number(self.rotation_weight, "attack.rotation_weight", low=0,
+                                            note="the S4L rotation loss; 0 turns it off",
+                                            fix="set attack.rotation_weight=0.0 (or attack=s4l: 1.0)")
         if self.table_source is not None and not isinstance(self.table_source, TableSource):
             raise ValueError(f"attack.table_source={self.table_source!r} is invalid: it is a node naming a table "
                              "source class (_target_: modelguard.recover.sources.DirichletPrior or "
                              "modelguard.recover.sources.ShadowModels) or null; choose attack=bayes, ddae_plus "
                              "or ddae, which set it")
-        if self.table_rows_per_query < 1:
-            raise ValueError(f"attack.table_rows_per_query={self.table_rows_per_query} is invalid: it must be >= 1")
+        self.table_rows_per_query = check_number(self.table_rows_per_query, "attack.table_rows_per_query", low=1,
+                                                 integer=True, note="the paper: 20",
+                                                 fix="set attack.table_rows_per_query=20")

@@ -1,7 +1,7 @@
 """The one error a user sees for missing or malformed data on disk.
 
-``DataError`` subclasses ValueError, one of the errors ``main.py`` treats as the user's
-(``KNOWN_ERRORS``): a single run prints the message and exits with code 2. Every message
+``DataError`` subclasses ValueError: ``python main.py`` prints its message (on one line,
+``modelguard/errors.py``) and exits with code 2. Every message
 names the dataset, the path looked in, the expected layout (a few lines of the tree) and
 where the data comes from, so the user can fix it without reading code.
 """

@@ -15,8 +15,12 @@ class ReverseSigmoid(Defense):
     underflow does it fall back to ``σ(γ·logit p)``. Defaults are the CIFAR10 grid values
     (β = 0.21, γ = 0.2; spec §11).
 
-    For β < 1 every unnormalised entry is positive, so the output is on the simplex. For
-    β ≥ 1 an entry can go negative; like the original we do not clip (ART clips to [0, 1]).
+    β must be < 1: then every unnormalised entry is positive (for p ≤ 1/2, s ≤ 1/2 and the
+    entry is at least p; for p > 1/2 it is at least p − β/2 > 0), so the output is on the
+    simplex. For β ≥ 1 an entry can go negative and the released vector leaves the simplex
+    (the original does not clip, ART clips to [0, 1]); rather than release such vectors, or
+    depart from the formula by clipping, the constructor refuses β ≥ 1. The paper's grid uses
+    β ≤ 0.21.
 
     ``top1_preserve`` is derived, not assumed (spec §2, §12.8). With ``g(p) = p − β(s(p) −
     1/2)`` and ``s(p) = σ(γ·logit p)``, the label is kept for every input iff g is strictly
@@ -39,7 +43,9 @@ class ReverseSigmoid(Defense):
     requires_xinfo = False
 
     def __init__(self, beta: float = 0.21, gamma: float = 0.2):
-        self.beta = check_number(beta, "defense.beta", low=0, fix="set defense.beta=0.21")
+        self.beta = check_number(beta, "defense.beta", low=0, high=1, high_open=True,
+                                 note="for β ≥ 1 released vectors leave the simplex; the paper's grid: 0.008 to 0.21",
+                                 fix="set defense.beta=0.21")
         self.gamma = check_number(gamma, "defense.gamma", low=0, fix="set defense.gamma=0.2")
         self.top1_preserve = self.beta == 0.0 or self.gamma == 0.0 or (
             self.gamma >= 1.0 and self.beta * self.gamma < 1.0

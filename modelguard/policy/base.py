@@ -55,6 +55,10 @@ class QueryPolicy:
     def __init__(self) -> None:
         self.metrics: dict[str, Any] = {}
 
+    def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
+        """Refuse an attack this policy cannot carry out on a pool of ``pool_size`` images
+        (ValueError naming the knob); the query stage asks before any stage runs."""
+
     def max_queries(self, attack: AttackStrategy) -> int:
         """API calls this policy spends for ``attack.budget`` images (the API's budget)."""
         return attack.budget * attack.queries_per_image

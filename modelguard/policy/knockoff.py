@@ -21,13 +21,16 @@ class KnockoffRandom(QueryPolicy):
     that the query stage passes in). The transfer set keeps the plain images, and the clean answers
     are those of the first pass (spec attacks §12.13)."""
 
+    def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
+        if attack.budget > pool_size:  # unique images, drawn without replacement
+            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
+                             f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+
     def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy,
                 generator: torch.Generator, progress: bool = True,
                 dataset_view: View | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
         pool = as_dataset(pool)
-        if attack.budget > len(pool):
-            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {len(pool)} images; "
-                             f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+        self.check_pool(attack, len(pool))
         index = torch.randperm(len(pool), generator=generator)[: attack.budget]
         view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
         queried = indexed(pool, index)  # read batch by batch: the images are never all in memory at once

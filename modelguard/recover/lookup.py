@@ -11,7 +11,7 @@ import torch
 
 from modelguard.defense.base import release_dtype
 from modelguard.recover.base import Recoverer
-from modelguard.utils.checks import check_number
+from modelguard.utils.checks import check_flag, check_number
 from modelguard.utils.rows import row_chunks, row_distance
 
 _NORM_NAMES = {1: "l1", 2: "l2_linalg"}  # the lookup's p, as row_distance spells it
@@ -118,7 +118,8 @@ class TableLookup(Recoverer):
         self.norm = int(norm)
         self.tolerance = check_number(tolerance, "recover.tolerance", low=0, note="the radius floor τ",
                                       fix="set recover.tolerance=0.01 (the paper's value)")
-        self.top1_buckets = bool(top1_buckets)
+        self.top1_buckets = check_flag(top1_buckets, "recover.top1_buckets", fix="set recover.top1_buckets=true "
+                                       "(search the query's top-1 bucket first, the paper's lookup)")
         self.chunk_elements = check_number(chunk_elements, "recover.chunk_elements", low=1, integer=True,
                                            note="the memory bound of one lookup chunk",
                                            fix="set recover.chunk_elements=67108864")

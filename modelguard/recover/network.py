@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from modelguard.defense.base import release_dtype
 from modelguard.recover.base import Recoverer
-from modelguard.utils.checks import check_number
+from modelguard.utils.checks import check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
 from modelguard.utils.seed import make_generator, stream_seed
 from modelguard.utils.rows import row_chunks
@@ -50,6 +50,21 @@ HIDDEN_WIDTHS: dict[int, tuple[int, int]] = {
     200: (2048, 1024),
     256: (2048, 1024),
 }
+
+
+def _probe(optimizer: Callable, scheduler: Callable | None) -> None:
+    """Build the optimizer and scheduler on one parameter, so knobs they refuse (a negative lr,
+    a zero step) stop the run at construction, not after the queries were paid for."""
+    check_training_knobs(getattr(optimizer, "keywords", {}), "recover.optimizer")  # a _partial_ node's knobs
+    check_training_knobs(getattr(scheduler, "keywords", {}), "recover.scheduler")
+    try:
+        built = optimizer(params=[torch.zeros(1, requires_grad=True)])
+        if scheduler is not None:
+            scheduler(optimizer=built)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"recover.optimizer/recover.scheduler cannot be built ({type(err).__name__}: {err}); "
+                         "fix the knob it names, e.g. recover.optimizer.lr=0.01 or recover.scheduler.step_size=100 "
+                         "(conf/recover/network.yaml)") from None
 
 
 def hidden_widths(num_classes: int) -> tuple[int, int]:
@@ -103,7 +118,9 @@ class RecoveryNetwork(Recoverer):
         device: str = "cpu",
         progress: bool = True,
     ) -> None:
-        self.num_classes = num_classes
+        self.num_classes = None if num_classes is None else check_number(
+            num_classes, "recover.num_classes", low=2, integer=True, note="null: taken from the recovery table",
+            fix="set recover.num_classes=null")
         self.epochs = check_number(epochs, "recover.epochs", low=0, integer=True,
                                    fix="set recover.epochs=200 (the paper's value)")
         self.batch_size = check_number(batch_size, "recover.batch_size", low=1, integer=True,
@@ -114,9 +131,12 @@ class RecoveryNetwork(Recoverer):
         if scheduler is not None and not callable(scheduler):
             raise ValueError(f"recover.scheduler={scheduler!r} is invalid: it must build an LR scheduler "
                              "from the optimizer (a _partial_ node) or be null; see conf/recover/network.yaml")
+        _probe(optimizer, scheduler)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.train_mode_decode = bool(train_mode_decode)
+        self.train_mode_decode = check_flag(train_mode_decode, "recover.train_mode_decode",
+                                            fix="set recover.train_mode_decode=false (eval mode, the default) "
+                                                "or true (the original's train-mode decoding)")
         self.seed = check_number(seed, "recover.seed", integer=True,
                                  fix="set recover.seed=${seed} (the run's seed)")
         self.device = resolve_device(device)
@@ -151,7 +171,8 @@ class RecoveryNetwork(Recoverer):
         if self.num_classes is None:
             self.num_classes = k
         elif int(self.num_classes) != k:
-            raise ValueError(f"the table has {k} classes but num_classes is {self.num_classes}")
+            raise ValueError(f"recover.num_classes={self.num_classes} does not match the recovery table, which has "
+                             f"{k} classes; set recover.num_classes=null (taken from the table)")
         # Always retrained from scratch (the original never reloads a decoder).
         self.net = self._fresh_net(k)
         net = self.net

@@ -7,6 +7,7 @@ recover}``, ``engine``, ``api``) plain arguments; no library module imports ``st
 (tests/test_layout.py)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig
@@ -19,3 +20,17 @@ STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "query": query.run,
     "substitute": substitute.run,
 }
+
+# The files each stage leaves behind. A stage whose done marker exists but whose outputs are
+# missing or unreadable runs again (modelguard/run.py), so a marker never vouches for files
+# that are gone; the defense stage leaves only its metrics.
+OUTPUTS: dict[str, Callable[[DictConfig], list[Path]]] = {
+    "victim": victim.outputs,
+    "defense": lambda cfg: [],
+    "query": query.outputs,
+    "substitute": substitute.outputs,
+}
+
+# Checks that need more than the config (the data), run for the stages that will run, before
+# the first of them does: a value refused there leaves every marker of the run dir alone.
+PRECHECKS: dict[str, Callable[[DictConfig], None]] = {"query": query.precheck}

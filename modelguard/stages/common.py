@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -12,9 +13,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelguard.dataset.base import ExperimentData
 from modelguard.dataset.loading import LoaderSettings
-from modelguard.utils.cache import config_hash
+from modelguard.utils.cache import Built, cached_artifact, config_hash
 from modelguard.utils.device import resolve_device
-from modelguard.utils.io import load_json, load_tensors, save_json, save_tensors
+from modelguard.utils.io import UnreadableArtifact, load_json, load_tensors, save_json, save_tensors
+
+log = logging.getLogger("modelguard")
 
 
 def plain(node: Any) -> Any:
@@ -97,23 +100,62 @@ def victim_dir(cfg: DictConfig) -> Path:
             / f"seed={cfg.seed}" / key)
 
 
-def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
-    path = victim_dir(cfg) / "victim.pt"
-    if not (victim_dir(cfg) / "done.json").exists():  # written last: the victim's files are complete
-        raise FileNotFoundError(f"no finished victim at {path.parent}; run the victim stage first "
-                                "(stages=[victim,...] or simply the default stages)")
-    model = build_model(cfg, data)
-    model.load_state_dict(load_tensors(path))
+def victim_files(cfg: DictConfig) -> list[str]:
+    """The files of a finished victim cache entry (besides done.json)."""
+    return ["victim.pt"] + (["misinformation.pt"] if cfg.victim.misinformation else [])
+
+
+def shared_artifact(cfg: DictConfig, directory: Path, build: Callable[[Path], dict[str, Any]],
+                    files: list[str]) -> Built:
+    """``utils.cache.cached_artifact`` for the shared caches (victims, proxies, shadows): each file
+    is read back before it is trusted; a damaged one stops the run with its path and the fix,
+    and ``fresh=true`` rebuilds it."""
+    try:
+        return cached_artifact(directory, build, files=files, verify=load_tensors,
+                               rebuild_unreadable=bool(cfg.fresh))
+    except UnreadableArtifact as err:
+        raise UnreadableArtifact(err.path, cache_fix(err.problem, directory)) from None
+
+
+def cache_fix(problem: str, directory: Path) -> str:
+    return (f"{problem}. It is part of the shared cache entry {directory}: rerun with fresh=true to "
+            "rebuild it (or delete that directory)")
+
+
+def load_cached_model(cfg: DictConfig, data: ExperimentData, path: Path,
+                      arch: DictConfig | None = None) -> torch.nn.Module:
+    """A model of ``arch`` (default cfg.arch) from a shared cache file, in eval mode; a damaged file
+    is named with the fix. Built without pretrained weights: the file replaces them at once."""
+    model = build_model(cfg, data, scratch(cfg.arch if arch is None else arch))
+    try:
+        state = load_tensors(path)
+    except UnreadableArtifact as err:
+        raise UnreadableArtifact(err.path, cache_fix(err.problem, path.parent)) from None
+    model.load_state_dict(state)
     return model.eval()
 
 
+def load_victim(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
+    path = victim_dir(cfg) / "victim.pt"
+    if not (victim_dir(cfg) / "done.json").exists() or not path.exists():  # done.json is written last
+        raise FileNotFoundError(f"no finished victim at {path.parent}; run the victim stage first "
+                                "(stages=[victim,...] or simply the default stages)")
+    return load_cached_model(cfg, data, path)
+
+
 def stage_done(cfg: DictConfig, name: str) -> dict[str, Any] | None:
-    """Metrics of a finished stage in this run dir, if it finished with the same config."""
+    """Metrics of a finished stage in this run dir, if it finished with the same config.
+
+    An unreadable marker (empty, truncated) counts as not finished: the stage runs again."""
     marker = output_dir(cfg) / "stages" / f"{name}.json"
     if bool(cfg.get("fresh", False)) or not marker.exists():
         return None
-    record = load_json(marker)
-    if record.get("config") != job_config_hash(cfg):
+    try:
+        record = load_json(marker)
+    except UnreadableArtifact as err:
+        log.warning("%s; running stage %s again", err, name)
+        return None
+    if not isinstance(record, dict) or record.get("config") != job_config_hash(cfg) or "metrics" not in record:
         return None
     return record["metrics"]
 

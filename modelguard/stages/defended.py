@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from modelguard.api import DefendedAPI
 from modelguard.dataset.base import ExperimentData
 from modelguard.dataset.loading import take
-from modelguard.stages.common import build_model, device_of, load_victim, runtime_inputs, scratch, victim_dir
-from modelguard.utils.cache import cached_artifact
-from modelguard.utils.io import load_tensors, save_tensors
+from modelguard.stages.common import (build_model, device_of, load_cached_model, load_victim, runtime_inputs,
+                                      scratch, shared_artifact, victim_dir)
+from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator, seed_torch
 
 
@@ -33,10 +33,8 @@ def build_proxy(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
         save_tensors(proxy.state_dict(), d / "proxy.pt")
         return {}
 
-    cached_artifact(directory, build)
-    proxy = build_model(cfg, data, scratch(cfg.arch))
-    proxy.load_state_dict(load_tensors(directory / "proxy.pt"))
-    return proxy.eval()
+    shared_artifact(cfg, directory, build, ["proxy.pt"])
+    return load_cached_model(cfg, data, directory / "proxy.pt", scratch(cfg.arch))
 
 
 def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn.Module:
@@ -45,9 +43,7 @@ def load_misinformation_model(cfg: DictConfig, data: ExperimentData) -> torch.nn
         raise FileNotFoundError(
             f"defense=am needs the misinformation model trained with the victim, but {path} is missing; "
             "set victim.misinformation=true (the default) and rerun the victim stage")
-    model = build_model(cfg, data)
-    model.load_state_dict(load_tensors(path))
-    return model.eval()
+    return load_cached_model(cfg, data, path)
 
 
 def build_defense(cfg: DictConfig, data: ExperimentData):

@@ -4,6 +4,7 @@ Recovery (cfg.recover), when the attack uses one, runs on all answers after the 
 (spec attacks §8.1 step 8), then hard labels are applied (step 9)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(recover_metrics)
     metrics.update(policy.metrics)
     return metrics
+
+
+def precheck(cfg: DictConfig) -> None:
+    """What needs the data to be checked (the budget against the pool), before any stage runs."""
+    data = load_data(cfg)
+    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool))
+
+
+def outputs(cfg: DictConfig) -> list[Path]:
+    return [output_dir(cfg) / "transfer.pt"]
 
 
 def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:

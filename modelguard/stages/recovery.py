@@ -25,9 +25,9 @@ from modelguard.metrics import row_l1
 from modelguard.recover.shadows import resolve_split, train_shadows
 from modelguard.recover.sources import ShadowModels, TableSource
 from modelguard.recover.table import epsilon_filter, simulate_table
-from modelguard.stages.common import build_model, device_of, loader_of, node_hash, runtime_inputs, scratch
-from modelguard.utils.cache import cached_artifact
-from modelguard.utils.io import load_tensors, save_tensors
+from modelguard.stages.common import (build_model, device_of, load_cached_model, loader_of, node_hash, runtime_inputs,
+                                      shared_artifact)
+from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator
 
 # Bump when the way shadows are chosen or trained changes: it is part of the cache key, so
@@ -129,10 +129,6 @@ def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.
                 "split": resolve_split(source.split, len(torch.unique(pool_labels)), data.num_classes),
                 "train_sizes": [len(t.index) for t in tasks]}
 
-    cached_artifact(directory, build)
-    models = []
-    for i in range(source.count):
-        model = build_model(cfg, data, scratch(arch))  # its weights are read next
-        model.load_state_dict(load_tensors(directory / f"shadow_{i}.pt"))
-        models.append(model.eval())
-    return models
+    names = [f"shadow_{i}.pt" for i in range(source.count)]
+    shared_artifact(cfg, directory, build, names)
+    return [load_cached_model(cfg, data, directory / name, arch) for name in names]

@@ -6,6 +6,7 @@ selection on the test set; spec attacks §12.12). ``substitute.select`` chooses 
 kept (see ``stages/training.py``)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -22,3 +23,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model, metrics = make_trainer(cfg, data)(transfer, "final")
     save_tensors(model.state_dict(), output_dir(cfg) / "substitute.pt")
     return metrics
+
+
+def outputs(cfg: DictConfig) -> list[Path]:
+    return [output_dir(cfg) / "substitute.pt"]

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from modelguard.dataset.loading import transfer_images
 from modelguard.policy.base import QueryLog
-from modelguard.utils.io import load_tensors, save_tensors
+from modelguard.utils.io import UnreadableArtifact, load_tensors, save_tensors
 
 
 def save_transfer(path: Path, log: QueryLog, labels: torch.Tensor) -> None:
@@ -26,5 +26,9 @@ def load_transfer(path: Path, pool: Dataset) -> Dataset:
     stored (``dataset.loading.transfer_images``)."""
     if not path.exists():
         raise FileNotFoundError(f"no transfer set at {path}; run the query stage first")
-    transfer = load_tensors(path)
+    try:
+        transfer = load_tensors(path)
+    except UnreadableArtifact as err:
+        raise UnreadableArtifact(err.path, f"{err.problem}; run the query stage again to rewrite it "
+                                 "(stages=[query,substitute], or fresh=true)") from None
     return transfer_images(pool, transfer["pool_index"], transfer.get("inputs"), transfer["labels"])

@@ -20,8 +20,7 @@ from modelguard.defense.am import misinformation_loss, outlier_exposure_loss
 from modelguard.dataset.loading import BatchReader, indexed, labels_of, CyclicBatches, batch_sizes, read_batches
 from modelguard.engine import BestOnTest, check_selection, predict_probs
 from modelguard.metrics import accuracy
-from modelguard.stages.common import build_model, device_of, load_data, loader_of, victim_dir
-from modelguard.utils.cache import cached_artifact
+from modelguard.stages.common import build_model, device_of, load_data, loader_of, shared_artifact, victim_dir, victim_files
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator, seed_torch
 
@@ -110,5 +109,16 @@ def _with_outliers(train_batches, oe_batches):
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    metrics = cached_artifact(victim_dir(cfg), lambda d: train_victim(cfg, d))
-    return {k: v for k, v in metrics.items() if k != "victim/history"}
+    """Train the victim, or take it from the shared cache (another job may be training it: then
+    this job waits for it). The record says which: ``victim/trained_here``, and the time spent
+    waiting, ``time/victim_wait_s``, which the stage time ``time/victim_s`` leaves out."""
+    built = shared_artifact(cfg, victim_dir(cfg), lambda d: train_victim(cfg, d), victim_files(cfg))
+    metrics = {k: v for k, v in built.metrics.items() if k != "victim/history"}
+    metrics["victim/trained_here"] = built.built_here
+    metrics["time/victim_wait_s"] = round(built.wait_s, 3)
+    return metrics
+
+
+def outputs(cfg: DictConfig) -> list[Path]:
+    """What a finished victim stage leaves: the shared cache entry."""
+    return [victim_dir(cfg) / name for name in ["done.json", *victim_files(cfg)]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_number"]
+__all__ = ["check_choice", "check_flag", "check_number", "check_training_knobs"]
 
 
 def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
@@ -83,3 +83,39 @@ def _message(value, name, low, high, low_open, high_open, integer, finite, note,
     short = name.rsplit(".", 1)[-1]
     extra = f" ({note})" if note else ""
     return f"{name}={value!r} is invalid: {short} must be {kind}{span}{extra}; {fix}"
+
+
+def check_flag(value, name: str, *, fix: str) -> bool:
+    """Validate a true/false knob: only real booleans pass (a YAML ``maybe`` or ``1`` does not).
+
+    Raises:
+        ValueError: ``"{name}={value!r} is invalid: {short} must be true or false; {fix}"``.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: {name.rsplit('.', 1)[-1]} must be true or false; {fix}")
+    return value
+
+
+def check_choice(value, name: str, allowed, *, fix: str) -> str:
+    """Validate a knob that names one of ``allowed`` (strings).
+
+    Raises:
+        ValueError: ``"{name}={value!r} is invalid: allowed values are a, b, c; {fix}"``.
+    """
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is invalid: allowed values are {', '.join(allowed)}; {fix}")
+    return value
+
+
+# The numeric knobs of SGD-like optimizers and step schedulers: bounds, and an example for the fix.
+TRAINING_KNOBS = {"lr": (dict(low=0, low_open=True), 0.05), "momentum": (dict(low=0), 0.9),
+                  "weight_decay": (dict(low=0), 0), "dampening": (dict(low=0), 0),
+                  "step_size": (dict(low=1, integer=True), 10), "gamma": (dict(low=0, low_open=True), 0.5)}
+
+
+def check_training_knobs(knobs, name: str) -> None:
+    """Check the ``TRAINING_KNOBS`` present in ``knobs`` (an optimizer's or scheduler's keyword
+    arguments), named ``{name}.{knob}``; other keys are left to the class they are passed to."""
+    for knob, (bounds, example) in TRAINING_KNOBS.items():
+        if knob in knobs:
+            check_number(knobs[knob], f"{name}.{knob}", **bounds, fix=f"set {name}.{knob}={example}")

@@ -14,4 +14,4 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         return torch.device(wanted)
     except RuntimeError as err:
-        raise ValueError(f"device={wanted!r} is not a device torch knows ({err}); use cpu, cuda, cuda:N or auto") from None
+        raise ValueError(f"device={wanted!r} is not a device torch knows; use device=cpu, cuda, cuda:N or auto") from None

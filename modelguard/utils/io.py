@@ -5,6 +5,8 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,9 +35,34 @@ def save_tensors(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+class UnreadableArtifact(ValueError):
+    """An artifact file that exists but cannot be read back: empty, truncated, corrupt, or not
+    a plain tensor/JSON file. The message starts with the path; ``problem`` says what is wrong."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path} {problem}")
+
+
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Read back what save_tensors wrote; never unpickles arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Read back what save_tensors wrote; never unpickles arbitrary objects.
+
+    Raises ``UnreadableArtifact`` naming the file when it is not a plain tensor file (it holds
+    pickled Python objects: refused) or cannot be read (empty, truncated, corrupt);
+    ``FileNotFoundError`` when it is missing."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # the OS message names the path already
+    except pickle.UnpicklingError as err:
+        # torch's own text advises weights_only=False, the one thing that must not be done here
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        named = f" (it names {found.group(1)})" if found else ""
+        raise UnreadableArtifact(path, "is not a plain tensor file: it holds pickled Python objects"
+                                 f"{named}, which are refused because loading them could run code") from None
+    except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, OSError, KeyError...
+        raise UnreadableArtifact(path, f"cannot be read: it is empty, truncated or corrupt ({_first_line(err)})") from None
 
 
 def save_json(obj: Any, path: str | Path) -> None:
@@ -44,7 +71,32 @@ def save_json(obj: Any, path: str | Path) -> None:
 
 
 def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; ``UnreadableArtifact`` naming the file when it is empty or not valid JSON."""
+    text = Path(path).read_bytes()
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({_first_line(err)})"
+        raise UnreadableArtifact(path, f"{what}: it is truncated or corrupt") from None
+
+
+def readable_problem(path: str | Path) -> str | None:
+    """Why an artifact cannot be used (missing, or unreadable as a tensor/JSON file), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        (load_json if path.suffix == ".json" else load_tensors)(path)
+    except UnreadableArtifact as err:
+        return str(err)
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """The exception's type and the first sentence of its text, short enough for one line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text.split(". ")[0][:160]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _json_default(value: Any) -> Any:
@@ -53,6 +105,26 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def check_writable_dir(value: Any, name: str, *, fix: str) -> Path:
+    """A directory that can be written, created if absent; ValueError naming ``name``, the
+    value and the problem otherwise (empty, a file on the way, no permission)."""
+    text = "" if value is None else str(value)
+    if not text.strip():
+        # an empty MODELGUARD_CACHE= resolves to "": the cache would land in the current directory
+        raise ValueError(f"{name}={text!r} is empty (is MODELGUARD_CACHE set to an empty string?); {fix}")
+    path = Path(text)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise ValueError(f"{name}={text!r} is invalid: {part} is a file, not a directory; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{name}={text!r} cannot be created ({err.strerror}: {err.filename}); {fix}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={text!r} is not writable; {fix}")
+    return path
 
 
 @contextlib.contextmanager

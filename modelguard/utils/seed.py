@@ -1,6 +1,7 @@
 """Seeding: one global seed applied once, and named generators for every random component."""
 from __future__ import annotations
 
+import os
 import random
 import zlib
 
@@ -9,11 +10,19 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) once, and set torch's deterministic mode.
+
+    ``deterministic`` (docs/determinism.md) asks torch for deterministic kernels; an op
+    without one warns instead of failing (``warn_only``). cuBLAS needs a fixed workspace for
+    deterministic results, read when CUDA first creates a cuBLAS handle, so it is set here,
+    before any model reaches the GPU, unless the user set it. The mode is set either way, so
+    a process that runs several experiments does not carry it from one into the next."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def stream_seed(seed: int, stream: str) -> int:

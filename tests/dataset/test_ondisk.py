@@ -120,14 +120,14 @@ def test_corrupt_first_image_stops_load(compose_cfg, tmp_path):
 
 
 def test_missing_data_is_a_user_error_of_the_run(compose_cfg, tmp_path):
-    """main.py maps KNOWN_ERRORS to exit code 2; a run on a missing data root raises a DataError
-    from the first stage and writes no victim."""
-    from main import KNOWN_ERRORS
+    """A run on a missing data root raises a DataError before any stage and writes no victim;
+    the command line prints its own message (a user error, not an "unexpected" one) with exit code 2."""
+    from modelguard.errors import explain
     from modelguard.run import run_experiment
-    assert issubclass(DataError, KNOWN_ERRORS)
     cfg = compose_cfg("dataset=cifar10", f"paths.data_dir={tmp_path / 'none'}", "stages=[victim]")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as raised:
         run_experiment(cfg)
+    assert not explain(raised.value).startswith("unexpected")
     assert not list((tmp_path / "cache").rglob("victim.pt"))
 
 

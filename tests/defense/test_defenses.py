@@ -8,6 +8,7 @@ hand-computed cases and the constructor errors."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def test_flags():
     assert not ReverseSigmoid().top1_preserve  # grid: γ = 0.2
     assert ReverseSigmoid(0.5, 1.5).top1_preserve and ReverseSigmoid(0.0, 0.2).top1_preserve
     assert ReverseSigmoid(0.3, 0.0).top1_preserve
-    assert not ReverseSigmoid(1.0, 1.0).top1_preserve  # β·γ = 1: every answer is uniform
+    assert not ReverseSigmoid(0.5, 2.0).top1_preserve  # β·γ = 1: g'(1/2) = 0, not strictly increasing
     assert not RandomNoise().top1_preserve and not AdaptiveMisinformation().top1_preserve
     assert MAD().top1_preserve and not MAD(oracle="argmin").top1_preserve
     assert MAD.requires_xinfo and AdaptiveMisinformation.requires_xinfo and not RandomNoise.requires_xinfo
@@ -270,7 +271,7 @@ def test_reverse_sigmoid_exact():
         (lambda: TopK(2, one_hot="no"), r"defense.one_hot='no'"),
         (lambda: Rounding(-1), r"defense.decimals=-1 is invalid: .*≥ 0.*set defense.decimals=1"),
         (lambda: Rounding(1.0), r"defense.decimals=1.0"),
-        (lambda: ReverseSigmoid(beta=-1), r"defense.beta=-1 is invalid: beta must be .*≥ 0; set defense.beta=0.21"),
+        (lambda: ReverseSigmoid(beta=-1), r"defense.beta=-1 is invalid: beta must be .*in \[0, 1\) .*; set defense.beta=0.21"),
         (lambda: ReverseSigmoid(gamma=float("inf")), r"defense.gamma=inf .*set defense.gamma=0.2"),
         (lambda: RandomNoise(eps=0), r"defense.eps=0 is invalid: .*> 0"),
         (lambda: RandomNoise(norm="linf"), r"defense.norm='linf' .*'l1', 'l2'"),
@@ -289,10 +290,22 @@ def test_rejects_unbatched_input(defense):
         defense.perturb(torch.tensor([0.2, 0.8]))
 
 
-def test_reverse_sigmoid_large_beta_is_not_clipped():
-    # documented: for beta ≥ 1 entries may go negative (the original does not clip)
-    out = ReverseSigmoid(3.0, 0.2).perturb(_t([[0.98, 0.01, 0.01]]))
-    assert torch.isfinite(out).all() and math.isclose(float(out.sum()), 1.0, abs_tol=1e-12)
+@pytest.mark.parametrize("beta", [1.0, 3.0, 1e300])
+def test_reverse_sigmoid_refuses_beta_that_leaves_the_simplex(beta):
+    # for beta ≥ 1 an entry goes negative (beta 1e300 released L1 2.73 off the simplex, issue 11)
+    with pytest.raises(ValueError, match=re.escape(f"defense.beta={beta!r} is invalid: beta must be a finite number "
+                                                   "in [0, 1) (") + r".*simplex.*; set defense.beta=0.21"):
+        ReverseSigmoid(beta, 0.2)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.21, 0.5, 0.999])
+@pytest.mark.parametrize("gamma", [0.2, 1.0, 3.0])
+def test_reverse_sigmoid_below_one_keeps_the_simplex(beta, gamma):
+    # the bound of the docstring, at its worst rows: one-hots (entries at 0 and 1), near-one-hots
+    rows = _t([[1.0, 0.0, 0.0], [0.98, 0.01, 0.01], [0.5, 0.5, 0.0], [1 - 1e-12, 1e-12, 0.0]])
+    out = ReverseSigmoid(beta, gamma).perturb(rows)
+    assert (out > 0).all() or beta == 0.0
+    assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(4, dtype=out.dtype), atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- pipeline rows

@@ -1,0 +1,129 @@
+"""Checking a job's config before anything runs.
+
+Classes validate their own knobs in their constructors; this module checks what no class
+owns: the run knobs at the top of conf/main.yaml, the victim and substitute recipes (plain
+nodes), the device and the shared cache directory. It then builds every configured object
+once, so a bad value anywhere stops the run with one message (the knob, the value, what is
+allowed, the fix) before a stage trains or overwrites anything."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, ListConfig
+
+from modelguard.engine import check_selection
+from modelguard.stages import STAGES
+from modelguard.stages.common import science_groups
+from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
+from modelguard.utils.device import resolve_device
+from modelguard.utils.io import check_writable_dir
+from modelguard.utils.tracking import ALLOWED_MODES
+
+# Example values quoted in the fixes of the recipe knobs.
+EXAMPLES = {"epochs": 10, "batch_size": 64}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ValueError (or RuntimeError for a device that is absent) for the first bad value."""
+    check_run_knobs(cfg)
+    check_recipe(cfg.victim, "victim")
+    check_number(cfg.victim.oe_lambda, "victim.oe_lambda", low=0,
+                 note="the weight of the outlier-exposure loss; 0 turns it off", fix="set victim.oe_lambda=1.0")
+    check_flag(cfg.victim.misinformation, "victim.misinformation",
+               fix="set victim.misinformation=true (defense=am needs it) or false")
+    check_recipe(cfg.substitute, "substitute")
+    check_number(cfg.substitute.shadow_epochs, "substitute.shadow_epochs", low=1, integer=True,
+                 note="D-DAE's shadow models train for at least one epoch", fix="set substitute.shadow_epochs=3")
+    build_objects(cfg)
+    # last: it creates the directory, which no bad value above should leave behind
+    check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir", fix=(
+        "set MODELGUARD_CACHE (or paths.cache_dir) to a writable directory, or unset MODELGUARD_CACHE for the "
+        "default outputs/cache"))
+
+
+def stage_names(stages: Any) -> list[str]:
+    """``cfg.stages`` as a list of names; a single name (``stages=victim``) is a one-element list."""
+    names = [stages] if isinstance(stages, str) else list(stages) if isinstance(stages, (list, ListConfig)) else None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"stages={stages!r} is invalid: name one or more stages of {', '.join(STAGES)}, "
+                         "e.g. stages=[victim,defense] or stages=victim")
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages={names} names unknown stage(s) {unknown}; "
+                         f"allowed: {', '.join(STAGES)} (e.g. stages=[victim,defense])")
+    return names
+
+
+def check_run_knobs(cfg: DictConfig) -> None:
+    """The knobs at the top of conf/main.yaml."""
+    stage_names(cfg.stages)
+    check_number(cfg.seed, "seed", integer=True, fix="set seed=0")
+    for flag in ("deterministic", "fresh", "progress", "amp", "channels_last", "cudnn_benchmark"):
+        check_flag(cfg[flag], flag, fix=f"set {flag}=true or {flag}=false")
+    if cfg.get("threads") is not None:
+        check_number(cfg.threads, "threads", low=1, integer=True, note="torch CPU threads; null: torch's default",
+                     fix="set threads=1 (one job per core) or threads=null")
+    check_choice(cfg.wandb.mode, "wandb.mode", ALLOWED_MODES,
+                 fix="set wandb.mode=offline (no account, no network) or wandb.mode=disabled")
+    resolve_device(cfg.device)  # before any stage: a missing CUDA must not leave a marker behind
+
+
+def check_recipe(recipe: DictConfig, group: str) -> None:
+    """A training recipe (victim, substitute): epochs, batch size, optimizer and scheduler."""
+    for knob in ("epochs", "batch_size"):
+        check_number(recipe[knob], f"{group}.{knob}", low=1, integer=True,
+                     fix=f"set {group}.{knob} to a whole number ≥ 1, e.g. {group}.{knob}={EXAMPLES[knob]}")
+    check_factory(recipe.optimizer, f"{group}.optimizer", torch.optim.Optimizer, "params", group)
+    check_factory(recipe.scheduler, f"{group}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer", group)
+    check_selection(recipe.select, f"{group}.select")
+
+
+def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str) -> None:
+    """An optimizer or scheduler node: a _partial_ node naming a subclass of ``base`` whose knobs
+    the class takes, with the numeric ones in range. Checked on the signature, not built: the
+    first optimizer built in a process imports for seconds (torch._dynamo), which a bad value
+    should not wait for."""
+    fix = f"see conf/{group}/default.yaml for a working {name.rsplit('.', 1)[-1]}"
+    if not isinstance(node, DictConfig) or not node.get("_partial_", False) or "_target_" not in node:
+        raise ValueError(f"{name}={node!r} is invalid: it must be a node with _target_ and _partial_: true; {fix}")
+    try:
+        cls = get_object(node._target_)
+    except Exception as err:  # noqa: BLE001 - Hydra reports a bad path in several ways
+        raise ValueError(f"{name}._target_={node._target_!r} cannot be imported ({_cause(err)}); {fix}") from None
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise ValueError(f"{name}._target_={node._target_!r} is not a subclass of {base.__module__}.{base.__name__}; {fix}")
+    check_training_knobs(node, name)
+    knobs = {k: v for k, v in node.items() if not str(k).startswith("_")}
+    try:
+        inspect.signature(cls).bind(**{runtime_arg: None}, **knobs)
+    except TypeError as err:
+        raise ValueError(f"{name} does not fit {cls.__name__} ({err}); {fix}") from None
+
+
+def build_objects(cfg: DictConfig) -> None:
+    """Build every configured object once. Factories that take runtime shapes (arch:
+    num_classes, ...) are only resolved. The constructor's own message is raised as is,
+    without Hydra's wrapping."""
+    for group in science_groups(cfg):
+        target = cfg[group].get("_target_")
+        if target is None:
+            continue
+        try:
+            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
+        except InstantiationException as err:
+            cause = err
+            while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, ValueError):
+                raise cause from None
+            raise ValueError(f"{group} cannot be built: {_cause(cause)}; check the knobs against "
+                             f"conf/{group}/ (python main.py --cfg job shows the composed config)") from None
+
+
+def _cause(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}"
