@@ -87,6 +87,30 @@ def _short_name(node: DictConfig) -> str:
     return str(node.get("_target_", "x")).rsplit(".", 1)[-1]
 
 
+# Dataset knobs that say where the data is or how to fetch it, not what it is: moving the data
+# root or allowing a download must not retrain cached victims or shadows.
+LOCATION_KEYS = ("root", "download", "allow_pickle_release")
+
+
+def data_identity(node: DictConfig) -> Any:
+    """The dataset node as plain values without ``LOCATION_KEYS`` (at any depth): its part of a cache key."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in LOCATION_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(plain(node))
+
+
+def dataset_name(node: DictConfig) -> str:
+    """Short name of a dataset option for cache paths: the victim member's class for a bundle
+    read from disk (``CIFAR10``, not ``OnDiskData``), else the option's class."""
+    victim = node.get("victim")
+    return _short_name(victim) if isinstance(victim, DictConfig) and "_target_" in victim else _short_name(node)
+
+
 # Bump when the way a victim is initialised or trained changes: it is part of the cache key, so
 # victims (and MAD proxies) of an older scheme are never reused. 2: initialisation from the
 # named streams "victim-init" and "mad-proxy-init" (the global RNG was seeded with seed and seed + 1).
@@ -95,8 +119,8 @@ VICTIM_SCHEME = 2
 
 def victim_dir(cfg: DictConfig) -> Path:
     """Shared cache of the victim, keyed by dataset, architecture, seed, training recipe and scheme."""
-    key = node_hash(cfg.dataset, cfg.arch, cfg.victim, cfg.seed, f"scheme={VICTIM_SCHEME}")
-    return (Path(cfg.paths.cache_dir) / "victims" / f"{_short_name(cfg.dataset)}-{_short_name(cfg.arch)}"
+    key = node_hash(data_identity(cfg.dataset), cfg.arch, cfg.victim, cfg.seed, f"scheme={VICTIM_SCHEME}")
+    return (Path(cfg.paths.cache_dir) / "victims" / f"{dataset_name(cfg.dataset)}-{_short_name(cfg.arch)}"
             / f"seed={cfg.seed}" / key)
 
 

@@ -25,7 +25,7 @@ from modelguard.metrics import row_l1
 from modelguard.recover.shadows import resolve_split, train_shadows
 from modelguard.recover.sources import ShadowModels, TableSource
 from modelguard.recover.table import epsilon_filter, simulate_table
-from modelguard.stages.common import (build_model, device_of, load_cached_model, loader_of, node_hash, runtime_inputs,
+from modelguard.stages.common import (build_model, data_identity, device_of, load_cached_model, loader_of, node_hash, runtime_inputs,
                                       shared_artifact)
 from modelguard.utils.io import save_tensors
 from modelguard.utils.seed import make_generator
@@ -80,7 +80,7 @@ def build_recovery_table(cfg: DictConfig, data, api, attack, log) -> tuple[torch
 
 
 def shadow_dir(cfg: DictConfig, source: ShadowModels) -> Path:
-    key = node_hash(cfg.dataset, cfg.arch, cfg.substitute, cfg.seed, source.count, int(cfg.substitute.shadow_epochs),
+    key = node_hash(data_identity(cfg.dataset), cfg.arch, cfg.substitute, cfg.seed, source.count, int(cfg.substitute.shadow_epochs),
                     source.split, f"scheme={SHADOW_SCHEME}")
     return Path(cfg.paths.cache_dir) / "shadows" / f"seed={cfg.seed}" / key
 

@@ -64,3 +64,13 @@ def test_done_marker_is_keyed_by_the_science_config(smoke, tmp_path):
 @pytest.mark.parametrize("override", ["attack=bayes", "defense=mad"])
 def test_science_hash_sees_group_choices(smoke, override):
     assert job_config_hash(smoke(override)) != job_config_hash(smoke())
+
+
+def test_victim_cache_ignores_where_the_data_lives(compose_cfg, tmp_path):
+    """Moving the data root (or allowing a download) keeps the cached victim; the path names the
+    victim dataset, not the on-disk bundle class."""
+    a = compose_cfg("dataset=cifar10", "arch=vgg16_bn", "paths.data_dir=/data/a")
+    b = compose_cfg("dataset=cifar10", "arch=vgg16_bn", "paths.data_dir=/elsewhere", "dataset.victim.download=true")
+    c = compose_cfg("dataset=cifar100", "arch=vgg16_bn", "paths.data_dir=/data/a")
+    assert victim_dir(a) == victim_dir(b) != victim_dir(c)
+    assert victim_dir(a).parent.parent.name == "CIFAR10-vgg16_bn"
