@@ -6,8 +6,7 @@ aside) and byte-identical transfer sets and substitutes. Once for a single run, 
 Each kill lands at a uniformly random moment between the launch's first stage line (start-up,
 torch's import and the config, is over) and the moment the uninterrupted run had written its
 results, plus a tenth. ``MODELGUARD_KILLS`` sets the kills per harness (default 10); the tally,
-with the markers present after each kill, is printed (``-s``).
-"""
+with the markers present after each kill, is printed (``-s``)."""
 from __future__ import annotations
 
 import json
