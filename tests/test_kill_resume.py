@@ -36,17 +36,21 @@ def launch(args: list[str], cache: Path, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)  # its own group: kill it all
 
 
-def stage_lines(logs: list[Path]) -> int:
-    """How many "stage ..." lines the jobs have logged so far (a job logs one per stage)."""
-    return sum(p.read_text(errors="replace").count("][modelguard][INFO] - stage ") for p in logs if p.is_file())
+STAGES = ("victim", "defense", "query", "substitute")
 
 
-def wait_for_stages(proc: subprocess.Popen, logs) -> float:
-    """Block until the launch logs its first stage line (its start-up, torch's import and the
-    config, is over) or exits; returns the time it took."""
-    start, seen = time.perf_counter(), stage_lines(logs())
-    while proc.poll() is None and stage_lines(logs()) == seen:
-        time.sleep(0.02)
+def stage_lines(logs: list[Path], text: str = "") -> int:
+    """How many "stage <text>" lines the jobs have logged so far (a job logs one per stage:
+    "stage query ..." when it runs it, "stage query: already done ..." when it reuses it)."""
+    return sum(p.read_text(errors="replace").count(f"][modelguard][INFO] - stage {text}") for p in logs if p.is_file())
+
+
+def wait_for_stages(proc: subprocess.Popen, logs, text: str = "") -> float:
+    """Block until the launch logs a new "stage <text>" line or exits; returns the time it took.
+    With no text: its first stage line (start-up, torch's import and the config, is over)."""
+    start, seen = time.perf_counter(), stage_lines(logs(), text)
+    while proc.poll() is None and stage_lines(logs(), text) == seen:
+        time.sleep(0.01)
     return time.perf_counter() - start
 
 
@@ -78,25 +82,47 @@ def kill_until_done(args: list[str], cache: Path, job_dirs: list[Path], log: Pat
     """Episodes on an empty run dir and cache: launch, SIGKILL the process group at a random
     moment within ``window`` seconds after its first stage line, relaunch ... until a launch
     completes; episodes until ``wanted`` kills. Yields the kills so far (delay, the markers
-    present after it) at the end of each episode, for the caller to compare results."""
+    present after it) at the end of each episode, for the caller to compare results.
+
+    Half the kills land anywhere in the window, half just after a randomly chosen stage starts
+    (``stage <name> ...``; a stage already done is never started, and that launch runs on).
+    A launch whose jobs have all written their results by the kill moment is left to exit:
+    what remains is the launcher's own tail (submitit's polling, the report), which can take
+    longer than the window, so killing there would relaunch forever."""
     kills: list[str] = []
     while len(kills) < wanted:
         for path in [cache, *job_dirs]:
             subprocess.run(["rm", "-rf", str(path)], check=True)
         while True:
+            started = time.time()
             proc = launch(args, cache, log)
             wait_for_stages(proc, logs)
-            delay = rng.uniform(0, window)
+            if rng.random() < 0.5:
+                wait = rng.uniform(0, window)  # anywhere in the stages: mostly inside the training loops
+                where = f"{wait:5.2f}s into the stages"
+            else:
+                # aimed at the start of one stage, so the short ones (defense, query) are hit too
+                target = rng.choice(STAGES)
+                wait_for_stages(proc, logs, f"{target} ...")
+                wait = rng.uniform(0, 0.05)
+                where = f"{wait:5.2f}s into stage {target}"
             try:
-                proc.wait(timeout=delay)
+                proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
+                if all(_written_since(d / "metrics.json", started) for d in job_dirs):
+                    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+                    break
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills.append(f"{delay:5.2f}s into the stages: markers {stages_done(job_dirs)}")
+                kills.append(f"{where}: markers {stages_done(job_dirs)}")
                 continue
             assert proc.returncode == 0, log.read_text()[-3000:]
             break  # the episode completed: this state is compared by the caller
         yield kills
+
+
+def _written_since(path: Path, since: float) -> bool:
+    return path.exists() and path.stat().st_mtime >= since
 
 
 def same_results(reference: Path, resumed: Path) -> None:
