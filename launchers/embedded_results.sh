@@ -39,8 +39,8 @@ PY=${PYTHON:-python}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-commas() { local IFS=,; echo "$*"; }
-quote() { if [[ $1 =~ ^[][A-Za-z0-9_./=,:+@%-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi; }
+# shellcheck source=launchers/lib/sweep_helpers.sh
+. launchers/lib/sweep_helpers.sh   # commas, quote, run_logged, throttle (the script runs from the repo root)
 regen_command() {  # the command line that reproduces this run: changed environment, then the arguments
   local v out=""
   for v in "${ENV_VARS[@]}"; do [[ ${!v} == "${DEFAULT[$v]}" ]] || out+="$v=$(quote "${!v}") "; done
@@ -96,17 +96,6 @@ task_args() {  # attack seed kind
 status=0
 failures=$META/failures
 : > "$failures"
-run_logged() {  # log_name cmd...
-  local log=$LOGS/$1; shift
-  local t0=$SECONDS
-  if "$@" > "$log" 2>&1; then
-    echo "[$(date +%H:%M:%S)] done   $(basename "$log" .log) ($(( SECONDS - t0 )) s)"
-  else
-    echo "[$(date +%H:%M:%S)] FAILED $(basename "$log" .log) ($(( SECONDS - t0 )) s): see $log"
-    echo "$log" >> "$failures"
-  fi
-}
-throttle() { while (( $(jobs -rp | wc -l) >= LANES )); do wait -n; done; }
 
 echo "[$(date +%H:%M:%S)] victims for seeds $SEEDS"
 for seed in $SEEDS; do

@@ -53,8 +53,8 @@ for a in $ATTACKS; do
   fi
 done
 
-commas() { local IFS=,; echo "$*"; }
-quote() { if [[ $1 =~ ^[][A-Za-z0-9_./=,:+@%-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi; }
+# shellcheck source=launchers/lib/sweep_helpers.sh
+. launchers/lib/sweep_helpers.sh   # commas, quote, run_logged, throttle (the script runs from the repo root)
 
 # The skip rules, as three questions about an attack.
 plain_defenses() {  # the defenses (without a quantizer) the attack runs against
@@ -143,17 +143,6 @@ mkdir -p "$LOGS"
 listing "$@" > "$META/commands.txt"
 failures=$META/failures
 : > "$failures"
-run_logged() {  # log_name cmd...
-  local log=$LOGS/$1; shift
-  local t0=$SECONDS
-  if "$@" > "$log" 2>&1; then
-    echo "[$(date +%H:%M:%S)] done   $(basename "$log" .log) ($(( SECONDS - t0 )) s)"
-  else
-    echo "[$(date +%H:%M:%S)] FAILED $(basename "$log" .log) ($(( SECONDS - t0 )) s): see $log"
-    echo "$log" >> "$failures"
-  fi
-}
-throttle() { while (( $(jobs -rp | wc -l) >= LANES )); do wait -n; done; }
 
 echo "[$(date +%H:%M:%S)] $DATASET: victims for seeds $SEEDS, then $(( total * n_seeds )) jobs in ${#tasks[@]} multiruns (commands: $META/commands.txt)"
 mapfile -t a < <(victim_args)
