@@ -7,14 +7,16 @@
 Prints, as medians over timed steps after warm-up:
 - training images/s (forward, soft cross-entropy, backward, SGD step) and inference images/s
   (softmax under no_grad) for resnet50 at 224 px (CUB-200/Caltech-256 victims, 200/256
-  classes) and vgg16_bn at 32 px (CIFAR victims, 10/100 classes), built by the project's own
+  classes), vgg16_bn at 32 px (CIFAR victims, 10/100 classes) and D-DAE's AlexNet shadows at
+  224 px (imagenet family) and 32 px (cifar family), built by the project's own
   factories (normalisation layer included), each in float32 and, on CUDA, with the run's
   speed settings (``amp``: bfloat16 autocast, ``channels_last``);
 - ModelGuard-W rows/s at K = 256, batch 512, float32 softmax rows, on the device and on the
   CPU in the same run, and their ratio.
 
 Inputs are random tensors (the data path is not measured here). ``--json PATH`` also writes the
-figures, from which GPU-hours follow as images to process / images per second (README, "Paper grid").
+figures; ``python benchmarks/table_cost.py --throughput PATH`` turns them into hours per paper table
+(README, "Paper grid").
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modelguard.arch.paper import resnet50, vgg16_bn  # noqa: E402
+from modelguard.arch.paper import alexnet, resnet50, vgg16_bn  # noqa: E402
 from modelguard.defense.mld_solver import solve_mld  # noqa: E402
 from modelguard.utils.device import resolve_device  # noqa: E402
 
@@ -111,7 +113,10 @@ def main() -> None:
 
     settings = [(False, False)] + ([(True, True)] if cuda else [])
     cases = [("resnet50", lambda k, s: resnet50(k, 3, s, IMAGENET_MEAN, IMAGENET_STD), 224, 256, big),
-             ("vgg16_bn", lambda k, s: vgg16_bn(k, 3, s, CIFAR_MEAN, CIFAR_STD, family="cifar"), 32, 10, small)]
+             ("vgg16_bn", lambda k, s: vgg16_bn(k, 3, s, CIFAR_MEAN, CIFAR_STD, family="cifar"), 32, 10, small),
+             # D-DAE's shadows: imagenet-family AlexNet for CUB-200/Caltech-256, cifar family for CIFAR
+             ("alexnet", lambda k, s: alexnet(k, 3, s, IMAGENET_MEAN, IMAGENET_STD, family="imagenet"), 224, 256, big),
+             ("alexnet", lambda k, s: alexnet(k, 3, s, CIFAR_MEAN, CIFAR_STD, family="cifar"), 32, 10, small)]
     figures = {"device": str(device), "device_name": name, "models": [], "mld": {}}
     print(f"{'model':<9} {'px':>4} {'K':>4} {'batch':>5} {'amp':>5} {'ch_last':>7} {'train img/s':>12} {'infer img/s':>12}")
     for model_name, build, size, classes, batch in cases:
