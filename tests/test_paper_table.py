@@ -139,6 +139,14 @@ def test_the_paper_grid_two_seeds(tmp_path):
     assert "## " not in text.replace("## Substitute", "").replace("## Fidelity", "")
 
 
+def test_the_synthetic_grid_is_the_launchers_grid():
+    """grid() above is the validity matrix that tests/test_paper.py checks launchers/paper_table.sh against."""
+    from tests.test_paper import MATRIX
+    expected = {("none", "modelguard_s", p, a) if d == "modelguard_s" else (d, "none", p, a)
+                for a, (defenses, policies) in MATRIX.items() for d in defenses for p in policies}
+    assert set(grid()) == expected and len(grid()) == 78
+
+
 def test_one_seed_failures_and_partial_cells(tmp_path):
     records = [record("none", "none", "knockoff", "naive", 0, 0.8123, protected=0.9512),
                record("mld", "none", "knockoff", "naive", 0, 0.40, protected=0.95),
