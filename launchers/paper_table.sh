@@ -9,7 +9,10 @@
 # That is 47 KnockoffNets + 31 JBDA-TR = 78 jobs per seed. ModelGuard-S is defense=none behind
 # quantize=modelguard_s. The victims are trained first (stages=[victim]), then one multirun per
 # (policy, attack, plain | ModelGuard-S), then `python -m modelguard.report` writes results.csv,
-# results.md and tradeoff.png into the sweep. Resume: rerun the same command.
+# results.md, tradeoff.png and paper_table.md into the sweep; paper_table.md is the table in the
+# paper's shape (experiment-grid.md §5): rows = the 8 defenses with their protected accuracy,
+# columns = the (policy, attack) pairs run, '–' where a skip rule left a cell out, substitute
+# accuracy then fidelity. Resume: rerun the same command.
 #
 #   bash launchers/paper_table.sh <cifar10|cifar100|cub200|caltech256> [overrides for every main.py call]
 #   DRY_RUN=1 bash launchers/paper_table.sh cifar10     # print the commands and the job counts only
@@ -129,7 +132,7 @@ listing() {
     printable "${a[@]}" "$@"
   done
   echo "# jobs: knockoff ${JOBS[knockoff]}, jbtr3 ${JOBS[jbtr3]}, total $total per seed; $(( total * n_seeds )) with $n_seeds seed(s) in ${#tasks[@]} multiruns"
-  echo "# then: $PY -m modelguard.report $SWEEP"
+  echo "# then: $PY -m modelguard.report $SWEEP   (results.csv, results.md, tradeoff.png, paper_table.md)"
 }
 
 if (( DRY_RUN )); then
@@ -161,5 +164,5 @@ wait
 status=0
 [[ -s $failures ]] && status=1
 $PY -m modelguard.report "$SWEEP" || status=$?
-echo "[$(date +%H:%M:%S)] $DATASET: wall time $(( SECONDS - START )) s; exit $status; report: $SWEEP/results.md"
+echo "[$(date +%H:%M:%S)] $DATASET: wall time $(( SECONDS - START )) s; exit $status; report: $SWEEP/paper_table.md (the paper's table), $SWEEP/results.md"
 exit $status

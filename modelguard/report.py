@@ -1,10 +1,11 @@
-"""Aggregate a sweep: every job's metrics.json -> results.csv, results.md and tradeoff.png.
+"""Aggregate a sweep: every job's metrics.json -> results.csv, results.md, paper_table.md and tradeoff.png.
 
     python -m modelguard.report outputs/sweeps/<sweep_name> [--x defense/l1_mean]
 
 Runs by itself at the end of a multirun (modelguard.run.ReportCallback). Rows come from
 the content of each ``metrics.json`` (group choices, seed, swept knobs, metrics); directory
-names are never parsed. A job recorded as ``status: failed`` is listed but not aggregated."""
+names are never parsed. A job recorded as ``status: failed`` is listed but not aggregated.
+paper_table.md is the paper-shaped table (defenses x (policy, attack)): modelguard.report_paper."""
 from __future__ import annotations
 
 import csv
@@ -244,12 +245,19 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METR
 
 
 def write_report(sweep_dir: str | Path, x_metric: str = X_METRICS[0]) -> dict[str, Path]:
-    """Write results.csv, results.md and (when there is data for it) tradeoff.png into sweep_dir."""
+    """Write results.csv, results.md and, when there is data for them, paper_table.md and
+    tradeoff.png into sweep_dir."""
+    from modelguard.report_paper import write_paper_table  # it imports this module's helpers
+
     root = Path(sweep_dir)
     rows = collect(root)
     written = {"csv": root / "results.csv", "md": root / "results.md"}
     write_csv(rows, written["csv"])
     write_markdown(rows, written["md"], root.name)
+    if write_paper_table(rows, root / "paper_table.md", root.name):
+        written["paper"] = root / "paper_table.md"
+    else:
+        (root / "paper_table.md").unlink(missing_ok=True)  # no stale table beside fresh results
     if plot_tradeoff(rows, root / "tradeoff.png", x_metric):
         written["png"] = root / "tradeoff.png"
     else:

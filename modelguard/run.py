@@ -114,8 +114,8 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 class ReportCallback(Callback):
-    """At the end of a multirun, write results.csv, results.md and tradeoff.png into the sweep dir
-    (registered in conf/hydra/default.yaml under ``callbacks:``).
+    """At the end of a multirun, write results.csv, results.md, paper_table.md and tradeoff.png into
+    the sweep dir (registered in conf/hydra/default.yaml under ``callbacks:``).
 
     Hydra calls on_multirun_end only when every job succeeded; when one failed, the sweep exits
     non-zero before it, so launchers/*.sh also run `python -m modelguard.report` afterwards."""

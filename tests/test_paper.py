@@ -344,6 +344,12 @@ def test_launcher_runs_a_part_of_the_grid_and_reports(tmp_path):
         (q, d, "ok") for q in BOTH for d in ("reverse_sigmoid", "am")} and len(rows) == 4
     assert {r["defense.tau"] for r in rows if r["choice/defense"] == "am"} == {"0.7"}
     assert (sweep / "results.md").exists() and (sweep / ".launcher" / "commands.txt").exists()
+    # the paper's table: 8 defense rows, the two top1 columns, '–' where the skip rule left a cell out
+    assert f"{sweep}/paper_table.md" in proc.stdout
+    table = [line for line in (sweep / "paper_table.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0] == "| defense | protected acc | knockoff / top1 | jbtr3 / top1 |"
+    assert [line.split(" | ")[0] for line in table[1:3]] == ["| Reverse Sigmoid (reverse_sigmoid)", "| AM (am)"]
+    assert len(table) == 2 * 3  # substitute accuracy, then fidelity
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_report_reads_metrics_not_dir_names(tmp_path):
     assert len(rows) == n + 1
     assert {r["status"] for r in rows} == {"ok", "failed"}
     written = write_report(root)
-    assert set(written) == {"csv", "md", "png"}
+    assert set(written) == {"csv", "md", "paper", "png"}
 
     with open(root / "results.csv") as f:
         table = list(csv.DictReader(f))
