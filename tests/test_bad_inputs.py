@@ -165,7 +165,7 @@ CASES = [
 CLI_ONLY = [
     (("defense=nonexistent",), ("defense/nonexistent", "Available options in 'defense'", "mld")),
     (("attack.budget=100000",), ("attack.budget=100000 exceeds the query pool of 512 images",
-                                 "lower attack.budget")),
+                                 "lower attack.budget", "(dataset.pool_size)")),
     (("bogus=1",), ("Could not override 'bogus'",)),
     (("+view@attack.augment=bogus",), ("Could not find 'view/bogus'", "Available options in 'view': identity")),
 ]
@@ -234,6 +234,17 @@ def test_missing_cuda_on_a_finished_dir_rewrites_no_marker(capsys, monkeypatch, 
 def test_dataset_on_disk_that_is_missing_is_named_before_any_stage(capsys, monkeypatch, finished, tmp_path):
     fails_cleanly(capsys, monkeypatch, finished, "dataset=cifar10", env={"MODELGUARD_DATA": str(tmp_path / "none")},
                   expect=(f"the data root {tmp_path / 'none'} does not exist", "MODELGUARD_DATA", "cifar10"))
+
+
+def test_budget_beyond_a_pool_on_disk_names_the_pool_and_its_size(capsys, monkeypatch, finished, tmp_path):
+    """A pool on disk has no dataset.pool_size: the fix is a budget within it, or another pool."""
+    from tests.dataset.test_ondisk import cifar_triple
+    cifar_triple(tmp_path / "data")  # a TinyImageNet200 pool of 12 images
+    message = fails_cleanly(capsys, monkeypatch, finished, "dataset=cifar10", "attack.budget=13",
+                            env={"MODELGUARD_DATA": str(tmp_path / "data")},
+                            expect=("attack.budget=13 exceeds the query pool tinyimagenet200 (dataset.pool) of 12 "
+                                    "images", "set attack.budget=12 or lower", "dataset/pool="))
+    assert "pool_size" not in message
 
 
 def test_empty_cache_variable_writes_no_cache_in_the_working_dir(capsys, monkeypatch, finished, tmp_path):

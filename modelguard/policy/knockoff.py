@@ -21,16 +21,20 @@ class KnockoffRandom(QueryPolicy):
     that the query stage passes in). The transfer set keeps the plain images, and the clean answers
     are those of the first pass (spec attacks §12.13)."""
 
-    def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
+    def check_pool(self, attack: AttackStrategy, pool_size: int, pool_name: str | None = None) -> None:
         if attack.budget > pool_size:  # unique images, drawn without replacement
-            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
-                             f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+            if pool_name is None:  # a pool the dataset option sizes (embedded, synthetic)
+                raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
+                                 f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool {pool_name} (dataset.pool) of "
+                             f"{pool_size} images; set attack.budget={pool_size} or lower, or choose a larger pool "
+                             "(dataset/pool=<option>, conf/dataset/pool/)")
 
     def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy,
                 generator: torch.Generator, progress: bool = True,
                 dataset_view: View | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
         pool = as_dataset(pool)
-        self.check_pool(attack, len(pool))
+        self.check_pool(attack, len(pool), getattr(pool, "name", None))
         index = torch.randperm(len(pool), generator=generator)[: attack.budget]
         view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
         queried = indexed(pool, index)  # read batch by batch: the images are never all in memory at once

@@ -42,7 +42,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def precheck(cfg: DictConfig) -> None:
     """What needs the data to be checked (the budget against the pool), before any stage runs."""
     data = load_data(cfg)
-    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool))
+    # a pool on disk has a fixed size; only the embedded and synthetic options have dataset.pool_size
+    pool_name = None if "pool_size" in cfg.dataset else getattr(data.query_pool, "name", "on disk")
+    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool), pool_name)
 
 
 def outputs(cfg: DictConfig) -> list[Path]:
