@@ -56,6 +56,9 @@ def fails_cleanly(capsys, monkeypatch, finished, *args: str, expect: tuple[str, 
     return message
 
 
+# A whole optimizer node in an override's value (substitute.shadow_recipe={...}).
+SGD = "{_target_:torch.optim.SGD,_partial_:true,lr:0.01}"
+
 # (the command-line arguments, what the message must contain: the value as typed and the fix)
 CASES = [
     # the list
@@ -100,6 +103,16 @@ CASES = [
                                               "set substitute.scheduler.step_size=")),
     (("substitute.shadow_epochs=abc",), ("substitute.shadow_epochs='abc' is invalid", "substitute.shadow_epochs=3")),
     (("substitute.select=bogus",), ("substitute.select='bogus' is invalid", "substitute.select=last")),
+    (("attack=ddae", f"substitute.shadow_recipe={{batch_size:0,optimizer:{SGD},scheduler:null}}"),
+     ("substitute.shadow_recipe.batch_size=0 is invalid", "substitute.shadow_recipe.batch_size=64")),
+    (("attack=ddae", "substitute.shadow_recipe={batch_size:64}"),
+     ("substitute.shadow_recipe lacks optimizer, scheduler", "or null")),
+    (("attack=ddae", "substitute.shadow_recipe=sgd"), ("substitute.shadow_recipe='sgd' lacks batch_size",)),
+    (("attack=ddae", f"substitute.shadow_recipe={{batch_size:64,optimizer:{SGD},scheduler:{{step_size:3}}}}"),
+     ("substitute.shadow_recipe.scheduler=", "_target_ and _partial_", "conf/substitute/default.yaml")),
+    (("attack=ddae", "substitute.shadow_recipe={batch_size:64,optimizer:{_target_:torch.optim.SGD,_partial_:true,"
+                     "lr:-1},scheduler:null}"),
+     ("substitute.shadow_recipe.optimizer.lr=-1 is invalid", "set substitute.shadow_recipe.optimizer.lr=0.05")),
     # attack and policy
     (("attack.query_batch_size=abc",), ("attack.query_batch_size='abc' is invalid", "attack.query_batch_size=32")),
     (("attack.hard_label=maybe",), ("attack.hard_label='maybe' is invalid", "set attack.hard_label=false")),
@@ -175,7 +188,8 @@ CLI_CASES = CLI_ONLY + [case for case in CASES if case[0] in {
     ("device=tpu",), ("stages=[victim,nonsense]",), ("seed=1.5",), ("wandb.mode=bogus",),
     ("victim.optimizer.lr=-1",), ("+defense.bogus=1",), ("quantize=modelguard_s", "quantize.eps=0"),
     ("attack=bayes", "recover.top1_buckets=maybe"), ("policy=jbtr3", "policy.variants=abc"),
-    ("dataset.num_classes=1",)}]
+    ("dataset.num_classes=1",), ("attack=ddae", f"substitute.shadow_recipe={{batch_size:0,optimizer:{SGD},scheduler:null}}"),
+    ("attack=ddae", "substitute.shadow_recipe={batch_size:64}")}]
 
 
 @pytest.fixture(scope="module")

@@ -95,16 +95,26 @@ def shadow_arch(cfg: DictConfig) -> DictConfig:
 SHADOW_RECIPE_KEYS = ("batch_size", "optimizer", "scheduler")
 
 
+def missing_shadow_recipe_keys(node: Any) -> None:
+    """Refuse a ``substitute.shadow_recipe`` that is not null and lacks one of ``SHADOW_RECIPE_KEYS``
+    (stages/validate.py checks their values before any stage runs)."""
+    if node is None:
+        return
+    missing = [k for k in SHADOW_RECIPE_KEYS if not isinstance(node, DictConfig) or k not in node]
+    if missing:
+        shown = "" if isinstance(node, DictConfig) else f"={node!r}"
+        raise ValueError(f"substitute.shadow_recipe{shown} lacks {', '.join(missing)}: it needs batch_size, optimizer "
+                         "and scheduler (as substitute: has them; scheduler may be null), or null to train the shadows "
+                         "with the substitute's")
+
+
 def shadow_recipe(cfg: DictConfig) -> DictConfig:
     """What the shadows train with (batch_size, optimizer, scheduler): ``substitute.shadow_recipe``,
     or the substitute's own recipe when null."""
     node = cfg.substitute.get("shadow_recipe")
     if node is None:
         return cfg.substitute
-    missing = [k for k in SHADOW_RECIPE_KEYS if k not in node]
-    if missing:
-        raise ValueError(f"substitute.shadow_recipe lacks {', '.join(missing)}: it needs batch_size, optimizer and "
-                         "scheduler (as substitute: has them), or null to train the shadows with the substitute's")
+    missing_shadow_recipe_keys(node)
     return node
 
 

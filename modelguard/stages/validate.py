@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
 from modelguard.stages.common import science_groups
+from modelguard.stages.recovery import missing_shadow_recipe_keys
 from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
 from modelguard.utils.io import check_writable_dir
@@ -38,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     check_recipe(cfg.substitute, "substitute")
     check_number(cfg.substitute.shadow_epochs, "substitute.shadow_epochs", low=1, integer=True,
                  note="D-DAE's shadow models train for at least one epoch", fix="set substitute.shadow_epochs=3")
+    check_shadow_recipe(cfg.substitute.get("shadow_recipe"))
     build_objects(cfg)
     # last: it creates the directory, which no bad value above should leave behind
     check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir", fix=(
@@ -80,6 +82,21 @@ def check_recipe(recipe: DictConfig, group: str) -> None:
     check_factory(recipe.optimizer, f"{group}.optimizer", torch.optim.Optimizer, "params", group)
     check_factory(recipe.scheduler, f"{group}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer", group)
     check_selection(recipe.select, f"{group}.select")
+
+
+def check_shadow_recipe(node: Any) -> None:
+    """``substitute.shadow_recipe``: null (the substitute's recipe), or batch_size, optimizer and
+    scheduler (null: a constant learning rate) for D-DAE's shadow models."""
+    missing_shadow_recipe_keys(node)
+    if node is None:
+        return
+    name = "substitute.shadow_recipe"
+    check_number(node.batch_size, f"{name}.batch_size", low=1, integer=True,
+                 fix=f"set {name}.batch_size to a whole number ≥ 1, e.g. {name}.batch_size=64 (the original's)")
+    check_factory(node.optimizer, f"{name}.optimizer", torch.optim.Optimizer, "params", "substitute")
+    if node.scheduler is not None:
+        check_factory(node.scheduler, f"{name}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer",
+                      "substitute")
 
 
 def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str) -> None:
