@@ -171,6 +171,17 @@ CASES = [
     (("dataset.outlier_count=0",), ("dataset.outlier_count=0 is invalid", "set dataset.outlier_count=128")),
     (("dataset=mnist", "dataset.test_fraction=2"), ("dataset.test_fraction=2 is invalid",
                                                     "dataset.test_fraction=0.2")),
+    (("arch.hidden=0",), ("arch.hidden=0 is invalid", "integer ≥ 1", "set arch.hidden=64")),
+    (("arch.hidden=abc",), ("arch.hidden='abc' is invalid", "set arch.hidden=64")),
+    (("arch=lenet", "arch.width=0"), ("arch.width=0 is invalid", "integer ≥ 1", "set arch.width=1")),
+    (("arch=lenet", "arch.width=abc"), ("arch.width='abc' is invalid", "set arch.width=1")),
+    (("arch=resnet18", "arch.small_input_stem=maybe"), ("arch.small_input_stem='maybe' is invalid", "true or false",
+                                                        "set arch.small_input_stem=true")),
+    (("arch=resnet18", "arch.download=maybe"), ("arch.download='maybe' is invalid", "set arch.download=false")),
+    (("arch=alexnet", "arch.family=bogus"), ("arch.family='bogus' is invalid", "auto, imagenet, cifar",
+                                             "set arch.family=auto")),
+    (("attack=ddae", "+arch@substitute.shadow_arch=mlp", "substitute.shadow_arch.hidden=0"),
+     ("substitute.shadow_arch.hidden=0 is invalid", "set substitute.shadow_arch.hidden=64")),
 ]
 
 # Through the command line: the list, what only the command line sees (an unknown
@@ -189,7 +200,8 @@ CLI_CASES = CLI_ONLY + [case for case in CASES if case[0] in {
     ("victim.optimizer.lr=-1",), ("+defense.bogus=1",), ("quantize=modelguard_s", "quantize.eps=0"),
     ("attack=bayes", "recover.top1_buckets=maybe"), ("policy=jbtr3", "policy.variants=abc"),
     ("dataset.num_classes=1",), ("attack=ddae", f"substitute.shadow_recipe={{batch_size:0,optimizer:{SGD},scheduler:null}}"),
-    ("attack=ddae", "substitute.shadow_recipe={batch_size:64}")}]
+    ("attack=ddae", "substitute.shadow_recipe={batch_size:64}"), ("arch.hidden=0",), ("arch.hidden=abc",),
+    ("arch=lenet", "arch.width=0"), ("arch=lenet", "arch.width=abc"), ("arch=resnet18", "arch.small_input_stem=maybe")}]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +236,7 @@ def with_overrides(cfg, overrides):
 @pytest.mark.parametrize("args, expect", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_every_knob_is_checked_before_anything_runs(composed, args, expect):
     get, root = composed
-    choices = tuple(a for a in args if a.split("=")[0] in GROUPS)
+    choices = tuple(a for a in args if a.split("=")[0].lstrip("+").split("@")[0] in GROUPS)  # +arch@...: a choice
     cfg = with_overrides(get(choices), [a for a in args if a not in choices])
     with pytest.raises((ValueError, RuntimeError)) as raised:
         validate(cfg)

@@ -20,6 +20,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from modelguard.utils.checks import check_flag
 from modelguard.utils.io import UnreadableArtifact, load_tensors
 
 URL_BASE = "https://download.pytorch.org/models/"
@@ -127,8 +128,14 @@ def copy_matching(model: nn.Module, state: Mapping[str, torch.Tensor], head_pref
     return copied
 
 
+def check_download(value, name: str = "arch.download") -> bool:
+    return check_flag(value, name, fix=f"set {name}=false (read the torch cache only) or true (fetch missing "
+                                       "ImageNet weights)")
+
+
 def load_pretrained(model: nn.Module, arch: str, pretrained: str | None, download: bool = False) -> list[str]:
     """Initialise ``model`` from ``pretrained`` (None: leave it; "imagenet"; a path). The names copied."""
+    download = check_download(download)
     if pretrained is None:
         return []
     path = weights_file(arch, pretrained, download)

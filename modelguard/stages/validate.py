@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
+from modelguard.arch.base import check_knobs
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
 from modelguard.stages.common import science_groups
@@ -123,14 +124,21 @@ def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str
 
 def build_objects(cfg: DictConfig) -> None:
     """Build every configured object once. Factories that take runtime shapes (arch:
-    num_classes, ...) are only resolved. The constructor's own message is raised as is,
-    without Hydra's wrapping."""
-    for group in science_groups(cfg):
-        target = cfg[group].get("_target_")
+    num_classes, ...; also ``substitute.shadow_arch``) are only resolved, after their own knob
+    checks (``arch.base.knob_checks``). The constructor's own message is raised as is, without
+    Hydra's wrapping."""
+    nodes = {group: cfg[group] for group in science_groups(cfg)}
+    if cfg.substitute.get("shadow_arch") is not None:
+        nodes["substitute.shadow_arch"] = cfg.substitute.shadow_arch  # a node of the arch group
+    for group, node in nodes.items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
         if target is None:
             continue
         try:
-            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
+            factory = get_object(target)
+            if not inspect.isclass(factory):  # a factory of runtime shapes: its own knob checks, nothing built
+                check_knobs(factory, node, group)
+            instantiate(node, _partial_=not inspect.isclass(factory))
         except InstantiationException as err:
             cause = err
             while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
@@ -138,7 +146,7 @@ def build_objects(cfg: DictConfig) -> None:
             if isinstance(cause, ValueError):
                 raise cause from None
             raise ValueError(f"{group} cannot be built: {_cause(cause)}; check the knobs against "
-                             f"conf/{group}/ (python main.py --cfg job shows the composed config)") from None
+                             f"conf/{group.replace('substitute.shadow_', '')}/ (python main.py --cfg job shows the composed config)") from None
 
 
 def _cause(err: BaseException) -> str:
