@@ -281,6 +281,30 @@ def test_empty_cache_variable_writes_no_cache_in_the_working_dir(capsys, monkeyp
     assert snapshot_dir(tmp_path) == set()  # no ./victims, nothing at all
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "caltech256"])
+def test_empty_data_variable_is_refused_for_data_on_disk(capsys, monkeypatch, finished, tmp_path, dataset):
+    """MODELGUARD_DATA= (empty) would read the datasets from the working directory: refused, as an
+    empty MODELGUARD_CACHE, before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    from tests.dataset.test_ondisk import cifar_triple
+    cifar_triple(tmp_path)  # a tree in the working directory, which an empty root would read
+    before = snapshot_dir(tmp_path)
+    message = fails_cleanly(capsys, monkeypatch, finished, f"dataset={dataset}", env={"MODELGUARD_DATA": ""},
+                            expect=("paths.data_dir='' is empty", "MODELGUARD_DATA set to an empty string",
+                                    "unset MODELGUARD_DATA for the default data/"))
+    assert "set MODELGUARD_DATA (or paths.data_dir) to the directory holding the datasets" in message
+    assert snapshot_dir(tmp_path) == before
+
+
+def test_empty_data_variable_does_not_matter_to_embedded_data(composed, monkeypatch, tmp_path):
+    get, _ = composed
+    monkeypatch.setenv("MODELGUARD_DATA", "")
+    validate(with_overrides(get(()), [f"paths.cache_dir={tmp_path / 'cache'}"]))  # synthetic data reads no root
+    with pytest.raises(ValueError, match=r"dataset.victim.root='' is empty; set it to the directory"):
+        cfg = with_overrides(get(("dataset=cifar10",)), ["paths.data_dir=/data", "dataset.victim.root="])
+        validate(cfg)
+
+
 def test_cache_variable_naming_a_file(capsys, monkeypatch, finished, tmp_path):
     (tmp_path / "afile").write_text("not a directory")
     for where in (tmp_path / "afile", tmp_path / "afile" / "sub"):

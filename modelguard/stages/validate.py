@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig
 from modelguard.arch.base import check_knobs
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
-from modelguard.stages.common import science_groups
+from modelguard.stages.common import plain, science_groups
 from modelguard.stages.recovery import missing_shadow_recipe_keys
 from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
     check_number(cfg.substitute.shadow_epochs, "substitute.shadow_epochs", low=1, integer=True,
                  note="D-DAE's shadow models train for at least one epoch", fix="set substitute.shadow_epochs=3")
     check_shadow_recipe(cfg.substitute.get("shadow_recipe"))
+    check_data_roots(cfg)
     build_objects(cfg)
     # last: it creates the directory, which no bad value above should leave behind
     check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir", fix=(
@@ -83,6 +84,33 @@ def check_recipe(recipe: DictConfig, group: str) -> None:
     check_factory(recipe.optimizer, f"{group}.optimizer", torch.optim.Optimizer, "params", group)
     check_factory(recipe.scheduler, f"{group}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer", group)
     check_selection(recipe.select, f"{group}.select")
+
+
+def check_data_roots(cfg: DictConfig) -> None:
+    """No dataset member may read from an empty root: ``Path("")`` is the working directory, so
+    an empty ``MODELGUARD_DATA=`` would read datasets from wherever the command runs. Refused like
+    an empty ``MODELGUARD_CACHE``; the embedded and synthetic options read no root, so it does
+    not matter to them."""
+    empty = [key for key, value in _roots(plain(cfg.dataset), "dataset") if not str(value).strip()]
+    if not empty:
+        return
+    data_dir = cfg.paths.get("data_dir")
+    if data_dir is not None and not str(data_dir).strip():
+        raise ValueError(f"paths.data_dir={str(data_dir)!r} is empty (is MODELGUARD_DATA set to an empty string?); "
+                         "set MODELGUARD_DATA (or paths.data_dir) to the directory holding the datasets "
+                         "(docs/datasets.md), or unset MODELGUARD_DATA for the default data/")
+    raise ValueError(f"{empty[0]}='' is empty; set it to the directory holding the dataset, or remove the "
+                     "override for the default ${paths.data_dir}")
+
+
+def _roots(node: Any, prefix: str):
+    """(``dataset.<...>.root``, value) for every ``root`` key in a plain dataset node."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "root" and (value is None or isinstance(value, str)):
+                yield f"{prefix}.{key}", "" if value is None else value
+            else:
+                yield from _roots(value, f"{prefix}.{key}")
 
 
 def check_shadow_recipe(node: Any) -> None:
