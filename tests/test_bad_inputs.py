@@ -273,6 +273,20 @@ def test_budget_beyond_a_pool_on_disk_names_the_pool_and_its_size(capsys, monkey
     assert "pool_size" not in message
 
 
+@pytest.mark.parametrize("stages", ["stages=[victim]", "stages=[victim,defense]"])
+def test_missing_data_for_the_victim_stage_leaves_no_cache_entry(capsys, monkeypatch, tmp_path, stages):
+    """experiment=paper/cifar10 with no data: refused before the victim stage takes its cache lock
+    (which would leave an empty entry with a .lock), and before the run dir gets a marker."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = run_cli(capsys, monkeypatch, "experiment=paper/cifar10", f"paths.data_dir={tmp_path / 'none'}",
+                     "debug=fast", stages, f"hydra.run.dir={tmp_path / 'run'}", cache=cache)
+    assert result.rc == 2
+    assert f"the data root {tmp_path / 'none'} does not exist" in result.message
+    assert snapshot_dir(cache) == set()
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 def test_empty_cache_variable_writes_no_cache_in_the_working_dir(capsys, monkeypatch, finished, tmp_path):
     monkeypatch.chdir(tmp_path)
     message = fails_cleanly(capsys, monkeypatch, finished, env={"MODELGUARD_CACHE": ""},
