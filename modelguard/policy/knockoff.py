@@ -11,6 +11,7 @@ from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, indexed, read_batches
 from modelguard.dataset.transforms import View
 from modelguard.policy.base import QueryLog, QueryPolicy
+from modelguard.utils.seed import seed_torch, stream_seed
 
 
 class KnockoffRandom(QueryPolicy):
@@ -78,6 +79,6 @@ def _passes_images(queried: Dataset, batch_size: int, loader: LoaderSettings, ge
         return
     seed = int(torch.randint(2 ** 62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for (x,) in read_batches(queried, None, batch_size, settings=loader, seed=seed):
+        seed_torch(seed, "query-augment")
+        for (x,) in read_batches(queried, None, batch_size, settings=loader, seed=stream_seed(seed, "query-augment")):
             yield x
