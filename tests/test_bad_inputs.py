@@ -56,6 +56,9 @@ def fails_cleanly(capsys, monkeypatch, finished, *args: str, expect: tuple[str, 
     return message
 
 
+# A whole optimizer node in an override's value (substitute.shadow_recipe={...}).
+SGD = "{_target_:torch.optim.SGD,_partial_:true,lr:0.01}"
+
 # (the command-line arguments, what the message must contain: the value as typed and the fix)
 CASES = [
     # the issue's list
@@ -100,6 +103,16 @@ CASES = [
                                               "set substitute.scheduler.step_size=")),
     (("substitute.shadow_epochs=abc",), ("substitute.shadow_epochs='abc' is invalid", "substitute.shadow_epochs=3")),
     (("substitute.select=bogus",), ("substitute.select='bogus' is invalid", "substitute.select=last")),
+    (("attack=ddae", f"substitute.shadow_recipe={{batch_size:0,optimizer:{SGD},scheduler:null}}"),
+     ("substitute.shadow_recipe.batch_size=0 is invalid", "substitute.shadow_recipe.batch_size=64")),
+    (("attack=ddae", "substitute.shadow_recipe={batch_size:64}"),
+     ("substitute.shadow_recipe lacks optimizer, scheduler", "or null")),
+    (("attack=ddae", "substitute.shadow_recipe=sgd"), ("substitute.shadow_recipe='sgd' lacks batch_size",)),
+    (("attack=ddae", f"substitute.shadow_recipe={{batch_size:64,optimizer:{SGD},scheduler:{{step_size:3}}}}"),
+     ("substitute.shadow_recipe.scheduler=", "_target_ and _partial_", "conf/substitute/default.yaml")),
+    (("attack=ddae", "substitute.shadow_recipe={batch_size:64,optimizer:{_target_:torch.optim.SGD,_partial_:true,"
+                     "lr:-1},scheduler:null}"),
+     ("substitute.shadow_recipe.optimizer.lr=-1 is invalid", "set substitute.shadow_recipe.optimizer.lr=0.05")),
     # attack and policy
     (("attack.query_batch_size=abc",), ("attack.query_batch_size='abc' is invalid", "attack.query_batch_size=32")),
     (("attack.hard_label=maybe",), ("attack.hard_label='maybe' is invalid", "set attack.hard_label=false")),
@@ -158,6 +171,17 @@ CASES = [
     (("dataset.outlier_count=0",), ("dataset.outlier_count=0 is invalid", "set dataset.outlier_count=128")),
     (("dataset=mnist", "dataset.test_fraction=2"), ("dataset.test_fraction=2 is invalid",
                                                     "dataset.test_fraction=0.2")),
+    (("arch.hidden=0",), ("arch.hidden=0 is invalid", "integer ≥ 1", "set arch.hidden=64")),
+    (("arch.hidden=abc",), ("arch.hidden='abc' is invalid", "set arch.hidden=64")),
+    (("arch=lenet", "arch.width=0"), ("arch.width=0 is invalid", "integer ≥ 1", "set arch.width=1")),
+    (("arch=lenet", "arch.width=abc"), ("arch.width='abc' is invalid", "set arch.width=1")),
+    (("arch=resnet18", "arch.small_input_stem=maybe"), ("arch.small_input_stem='maybe' is invalid", "true or false",
+                                                        "set arch.small_input_stem=true")),
+    (("arch=resnet18", "arch.download=maybe"), ("arch.download='maybe' is invalid", "set arch.download=false")),
+    (("arch=alexnet", "arch.family=bogus"), ("arch.family='bogus' is invalid", "auto, imagenet, cifar",
+                                             "set arch.family=auto")),
+    (("attack=ddae", "+arch@substitute.shadow_arch=mlp", "substitute.shadow_arch.hidden=0"),
+     ("substitute.shadow_arch.hidden=0 is invalid", "set substitute.shadow_arch.hidden=64")),
 ]
 
 # Through the command line: the issue's list, what only the command line sees (an unknown
@@ -165,7 +189,7 @@ CASES = [
 CLI_ONLY = [
     (("defense=nonexistent",), ("defense/nonexistent", "Available options in 'defense'", "mld")),
     (("attack.budget=100000",), ("attack.budget=100000 exceeds the query pool of 512 images",
-                                 "lower attack.budget")),
+                                 "lower attack.budget", "(dataset.pool_size)")),
     (("bogus=1",), ("Could not override 'bogus'",)),
     (("+view@attack.augment=bogus",), ("Could not find 'view/bogus'", "Available options in 'view': identity")),
 ]
@@ -175,7 +199,9 @@ CLI_CASES = CLI_ONLY + [case for case in CASES if case[0] in {
     ("device=tpu",), ("stages=[victim,nonsense]",), ("seed=1.5",), ("wandb.mode=bogus",),
     ("victim.optimizer.lr=-1",), ("+defense.bogus=1",), ("quantize=modelguard_s", "quantize.eps=0"),
     ("attack=bayes", "recover.top1_buckets=maybe"), ("policy=jbtr3", "policy.variants=abc"),
-    ("dataset.num_classes=1",)}]
+    ("dataset.num_classes=1",), ("attack=ddae", f"substitute.shadow_recipe={{batch_size:0,optimizer:{SGD},scheduler:null}}"),
+    ("attack=ddae", "substitute.shadow_recipe={batch_size:64}"), ("arch.hidden=0",), ("arch.hidden=abc",),
+    ("arch=lenet", "arch.width=0"), ("arch=lenet", "arch.width=abc"), ("arch=resnet18", "arch.small_input_stem=maybe")}]
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +236,7 @@ def with_overrides(cfg, overrides):
 @pytest.mark.parametrize("args, expect", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_every_knob_is_checked_before_anything_runs(composed, args, expect):
     get, root = composed
-    choices = tuple(a for a in args if a.split("=")[0] in GROUPS)
+    choices = tuple(a for a in args if a.split("=")[0].lstrip("+").split("@")[0] in GROUPS)  # +arch@...: a choice
     cfg = with_overrides(get(choices), [a for a in args if a not in choices])
     with pytest.raises((ValueError, RuntimeError)) as raised:
         validate(cfg)
@@ -236,12 +262,61 @@ def test_dataset_on_disk_that_is_missing_is_named_before_any_stage(capsys, monke
                   expect=(f"the data root {tmp_path / 'none'} does not exist", "MODELGUARD_DATA", "cifar10"))
 
 
+def test_budget_beyond_a_pool_on_disk_names_the_pool_and_its_size(capsys, monkeypatch, finished, tmp_path):
+    """A pool on disk has no dataset.pool_size: the fix is a budget within it, or another pool."""
+    from tests.dataset.test_ondisk import cifar_triple
+    cifar_triple(tmp_path / "data")  # a TinyImageNet200 pool of 12 images
+    message = fails_cleanly(capsys, monkeypatch, finished, "dataset=cifar10", "attack.budget=13",
+                            env={"MODELGUARD_DATA": str(tmp_path / "data")},
+                            expect=("attack.budget=13 exceeds the query pool tinyimagenet200 (dataset.pool) of 12 "
+                                    "images", "set attack.budget=12 or lower", "dataset/pool="))
+    assert "pool_size" not in message
+
+
+@pytest.mark.parametrize("stages", ["stages=[victim]", "stages=[victim,defense]"])
+def test_missing_data_for_the_victim_stage_leaves_no_cache_entry(capsys, monkeypatch, tmp_path, stages):
+    """experiment=paper/cifar10 with no data: refused before the victim stage takes its cache lock
+    (which would leave an empty entry with a .lock), and before the run dir gets a marker."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = run_cli(capsys, monkeypatch, "experiment=paper/cifar10", f"paths.data_dir={tmp_path / 'none'}",
+                     "debug=fast", stages, f"hydra.run.dir={tmp_path / 'run'}", cache=cache)
+    assert result.rc == 2
+    assert f"the data root {tmp_path / 'none'} does not exist" in result.message
+    assert snapshot_dir(cache) == set()
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 def test_empty_cache_variable_writes_no_cache_in_the_working_dir(capsys, monkeypatch, finished, tmp_path):
     monkeypatch.chdir(tmp_path)
     message = fails_cleanly(capsys, monkeypatch, finished, env={"MODELGUARD_CACHE": ""},
                             expect=("paths.cache_dir='' is empty", "MODELGUARD_CACHE", "outputs/cache"))
     assert "unset MODELGUARD_CACHE" in message
     assert snapshot_dir(tmp_path) == set()  # no ./victims, nothing at all
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "caltech256"])
+def test_empty_data_variable_is_refused_for_data_on_disk(capsys, monkeypatch, finished, tmp_path, dataset):
+    """MODELGUARD_DATA= (empty) would read the datasets from the working directory: refused, as an
+    empty MODELGUARD_CACHE, before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    from tests.dataset.test_ondisk import cifar_triple
+    cifar_triple(tmp_path)  # a tree in the working directory, which an empty root would read
+    before = snapshot_dir(tmp_path)
+    message = fails_cleanly(capsys, monkeypatch, finished, f"dataset={dataset}", env={"MODELGUARD_DATA": ""},
+                            expect=("paths.data_dir='' is empty", "MODELGUARD_DATA set to an empty string",
+                                    "unset MODELGUARD_DATA for the default data/"))
+    assert "set MODELGUARD_DATA (or paths.data_dir) to the directory holding the datasets" in message
+    assert snapshot_dir(tmp_path) == before
+
+
+def test_empty_data_variable_does_not_matter_to_embedded_data(composed, monkeypatch, tmp_path):
+    get, _ = composed
+    monkeypatch.setenv("MODELGUARD_DATA", "")
+    validate(with_overrides(get(()), [f"paths.cache_dir={tmp_path / 'cache'}"]))  # synthetic data reads no root
+    with pytest.raises(ValueError, match=r"dataset.victim.root='' is empty; set it to the directory"):
+        cfg = with_overrides(get(("dataset=cifar10",)), ["paths.data_dir=/data", "dataset.victim.root="])
+        validate(cfg)
 
 
 def test_cache_variable_naming_a_file(capsys, monkeypatch, finished, tmp_path):

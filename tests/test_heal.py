@@ -160,3 +160,50 @@ def test_victim_dir_of_the_fixture_is_the_stage_s(job, compose_cfg):
     cfg = compose_cfg("experiment=smoke")
     cfg.paths.cache_dir = str(job.cache)
     assert victim_dir(cfg) == job.victim
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a SIGKILLed job's, as far as its files can tell)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_of_a_killed_write_are_removed_by_the_rerun(job):
+    """A job SIGKILLed while writing victim.pt and metrics.json leaves their temporary files; the
+    rerun rewrites both and removes those, not the one a live process (this one) is writing."""
+    import socket
+    import subprocess
+    import sys
+    from modelguard.utils import io
+    (job.victim / "victim.pt").unlink()  # killed before the rename: the entry is unfinished
+    dead = _dead_pid()
+    stale = [job.victim / f".victim.pt.{io._HOST}.{dead}.k1ll3d.tmp", job.run_dir / f".metrics.json.{io._HOST}.{dead}.x.tmp"]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = job.victim / f".victim.pt.{io._HOST}.{sleeper.pid}.l1ve.tmp"
+        elsewhere = job.victim / f".victim.pt.{socket.gethostname()}x.{dead}.n0de.tmp"  # another machine's
+        for path in (*stale, live, elsewhere):
+            path.write_bytes(b"half a file")
+        result = job.run()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert result.rc == 0, result.err
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and elsewhere.exists()
+    torch.load(job.victim / "victim.pt", weights_only=True)
+    assert job.results() == results_only(job.metrics)
+
+
+def test_a_legacy_temporary_file_is_removed_only_when_old(tmp_path):
+    from modelguard.utils.io import LEGACY_TMP_AGE_S, save_json
+    young, old = tmp_path / ".a.json.abc123.tmp", tmp_path / ".a.json.def456.tmp"
+    for path in (young, old):
+        path.write_text("{")
+    os.utime(old, (0, os.path.getmtime(old) - LEGACY_TMP_AGE_S - 5))
+    save_json({"a": 1}, tmp_path / "a.json")
+    assert young.exists() and not old.exists() and json.loads((tmp_path / "a.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.json.abc123.tmp", "a.json"]

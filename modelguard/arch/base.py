@@ -7,8 +7,31 @@ to MAD's proxy, whatever the architecture.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import torch
 from torch import nn
+
+# A knob check: (value, the knob as the user spells it, e.g. "arch.width") -> the value, or a
+# ValueError in the project's format (utils.checks).
+KnobCheck = Callable[[Any, str], Any]
+
+
+def knob_checks(**checks: KnobCheck) -> Callable[[Callable], Callable]:
+    """Attach an arch factory's knob checks to it (``factory.knob_checks``), so that
+    stages/validate.py runs them on the config before any stage, without building a network
+    (a factory needs the data's shapes); the factory runs the same checks when called."""
+    def attach(factory: Callable) -> Callable:
+        factory.knob_checks = dict(checks)
+        return factory
+    return attach
+
+
+def check_knobs(factory: Callable, knobs: Mapping[str, Any], prefix: str) -> None:
+    """Run ``factory.knob_checks`` on the ``knobs`` given (named ``{prefix}.{knob}``)."""
+    for knob, check in getattr(factory, "knob_checks", {}).items():
+        if knob in knobs:
+            check(knobs[knob], f"{prefix}.{knob}")
 
 
 class Classifier(nn.Module):

@@ -25,15 +25,19 @@ import torchvision
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from modelguard.arch.base import Classifier
-from modelguard.arch.pretrained import load_pretrained
+from modelguard.arch.base import Classifier, knob_checks
+from modelguard.arch.pretrained import check_download, load_pretrained
+from modelguard.utils.checks import check_choice
 
 FAMILIES = ("auto", "imagenet", "cifar")
 
 
+def check_family(value, name: str = "arch.family") -> str:
+    return check_choice(value, name, FAMILIES, fix=f"set {name}=auto (cifar below 64 px, imagenet from 64 px)")
+
+
 def resolve_family(arch: str, family: str, image_size: int) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"arch.family={family!r} of arch={arch} is invalid: use auto, imagenet or cifar")
+    family = check_family(family)
     if family == "auto":
         return "cifar" if image_size < 64 else "imagenet"
     return family
@@ -73,6 +77,7 @@ def _trunk(features: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(OrderedDict(features=features, flatten=nn.Flatten()))
 
 
+@knob_checks(download=check_download)
 def resnet50(num_classes: int, in_channels: int, image_size: int, mean, std,
              pretrained: str | None = None, download: bool = False) -> Classifier:
     """torchvision ResNet-50 (imagenet family): 2048-d pooled features, then Linear(2048, K)."""
@@ -97,6 +102,7 @@ def cifar_alexnet_features(in_channels: int = 3) -> nn.Sequential:
     )
 
 
+@knob_checks(family=check_family, download=check_download)
 def alexnet(num_classes: int, in_channels: int, image_size: int, mean, std, family: str = "auto",
             pretrained: str | None = None, download: bool = False) -> Classifier:
     """AlexNet: imagenet family (torchvision's, 4096-d features) or cifar family (256-d); the D-DAE shadows' arch."""
@@ -115,6 +121,7 @@ def alexnet(num_classes: int, in_channels: int, image_size: int, mean, std, fami
     return model
 
 
+@knob_checks(family=check_family, download=check_download)
 def vgg16_bn(num_classes: int, in_channels: int, image_size: int, mean, std, family: str = "auto",
              pretrained: str | None = None, download: bool = False) -> Classifier:
     """VGG-16 with batch norm: cifar family (the CIFAR victims' arch: 512-d features, the

@@ -20,6 +20,9 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from modelguard.utils.checks import check_flag
+from modelguard.utils.io import UnreadableArtifact, load_tensors
+
 URL_BASE = "https://download.pytorch.org/models/"
 # torchvision's IMAGENET1K_V1 files (the weights the original's zoo loaded), by arch name.
 TORCHVISION_FILES = {
@@ -70,17 +73,34 @@ def weights_file(arch: str, pretrained: str, download: bool = False) -> Path:
     return path
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path`` (weights_only); a checkpoint dict's ``state_dict`` entry is unwrapped."""
+def read_state_dict(path: Path, arch: str = "", pretrained: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (weights_only); a checkpoint dict's ``state_dict`` entry is unwrapped.
+
+    A file that is not a plain tensor file (pickled Python objects, which are refused unrun) or
+    cannot be read is a ValueError naming it and the file to place there instead."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - weights_only refusals and corrupt files come as many types
-        raise ValueError(f"cannot read weights from {path} with torch.load(weights_only=True): {err}") from err
+        obj = load_tensors(path)
+    except UnreadableArtifact as err:
+        # load_tensors words the refusal itself: torch's own text advises weights_only=False, which must not be done
+        raise ValueError(f"{_knob(arch, pretrained)}{err}; {_what_to_place(arch, pretrained, path)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # the original's checkpoint.pth.tar format (spec attacks §0.4)
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict (a mapping of names to tensors)")
+        raise ValueError(f"{_knob(arch, pretrained)}{path} holds no state dict (a mapping of names to tensors); "
+                         f"{_what_to_place(arch, pretrained, path)}")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _knob(arch: str, pretrained: str | None) -> str:
+    return f"arch={arch} pretrained={pretrained}: " if arch else ""
+
+
+def _what_to_place(arch: str, pretrained: str | None, path: Path) -> str:
+    if pretrained == "imagenet" and arch in TORCHVISION_FILES:
+        name = TORCHVISION_FILES[arch]
+        return f"place torchvision's {name} (from {URL_BASE}{name}) at {path} instead"
+    return (f"place at {path} a state dict saved with torch.save(model.state_dict(), path) (tensors only), "
+            "or set arch.pretrained to such a file, imagenet or null")
 
 
 def target_names(key: str, head_prefix: str) -> Iterator[str]:
@@ -108,12 +128,18 @@ def copy_matching(model: nn.Module, state: Mapping[str, torch.Tensor], head_pref
     return copied
 
 
+def check_download(value, name: str = "arch.download") -> bool:
+    return check_flag(value, name, fix=f"set {name}=false (read the torch cache only) or true (fetch missing "
+                                       "ImageNet weights)")
+
+
 def load_pretrained(model: nn.Module, arch: str, pretrained: str | None, download: bool = False) -> list[str]:
     """Initialise ``model`` from ``pretrained`` (None: leave it; "imagenet"; a path). The names copied."""
+    download = check_download(download)
     if pretrained is None:
         return []
     path = weights_file(arch, pretrained, download)
-    copied = copy_matching(model, read_state_dict(path), TORCHVISION_HEADS.get(arch, ""))
+    copied = copy_matching(model, read_state_dict(path, arch, pretrained), TORCHVISION_HEADS.get(arch, ""))
     if not copied:
         raise ValueError(f"arch={arch} pretrained={pretrained}: no entry of {path} matches this network by name "
                          "and shape; is it a state dict of this architecture?")

@@ -5,15 +5,23 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from modelguard.arch.base import Classifier
-from modelguard.arch.pretrained import load_pretrained
+from modelguard.arch.base import Classifier, knob_checks
+from modelguard.arch.pretrained import check_download, load_pretrained
+from modelguard.utils.checks import check_flag
 
 
+def check_small_input_stem(value, name: str = "arch.small_input_stem") -> bool:
+    return check_flag(value, name, fix=f"set {name}=true (a 3x3 stem for 28-32 px images) or false "
+                                       "(ImageNet's 7x7 stem, for 224 px images)")
+
+
+@knob_checks(small_input_stem=check_small_input_stem, download=check_download)
 def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, small_input_stem: bool = True,
              pretrained: str | None = None, download: bool = False) -> Classifier:
     """torchvision ResNet-18; ``small_input_stem`` swaps the 7x7/2 stem and max-pool for a
     3x3/1 stem, the usual choice for 28-32 px images (ImageNet weights then skip that stem,
     whose shape differs)."""
+    small_input_stem = check_small_input_stem(small_input_stem)
     net = torchvision.models.resnet18(weights=None)
     if small_input_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

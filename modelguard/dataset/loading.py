@@ -111,16 +111,18 @@ class BatchReader:
     (images, then labels if the dataset has them). Iterate it once per epoch; with persistent
     workers the same workers serve every epoch."""
 
-    def __init__(self, dataset: Dataset, batches: Iterable[torch.Tensor], settings: LoaderSettings = IN_PROCESS):
+    def __init__(self, dataset: Dataset, batches: Iterable[torch.Tensor], settings: LoaderSettings = IN_PROCESS,
+                 seed: int | None = None):
         self.dataset = dataset
         self.batches = batches
         self.loader = None
         if not isinstance(dataset, TensorDataset):
             workers = settings.num_workers
             # The loader's own generator seeds the workers (and so the random train transforms they
-            # apply) from the sampler's stream, without drawing from it or from the global RNG.
+            # apply) from ``seed``, or the sampler's stream, without drawing from it or from the global RNG.
             sampler_gen = getattr(batches, "generator", None)
-            seed = sampler_gen.initial_seed() if sampler_gen is not None else 0
+            if seed is None:
+                seed = sampler_gen.initial_seed() if sampler_gen is not None else 0
             self.loader = DataLoader(dataset, batch_sampler=_ListBatches(batches), num_workers=workers,
                                      pin_memory=settings.pin_memory and torch.cuda.is_available(),
                                      persistent_workers=settings.persistent_workers and workers > 0,
@@ -140,10 +142,11 @@ def as_dataset(inputs: torch.Tensor | Dataset) -> Dataset:
 
 def read_batches(dataset: Dataset, index: int | torch.Tensor | None = None, batch_size: int = 512,
                  generator: torch.Generator | None = None,
-                 settings: LoaderSettings = IN_PROCESS) -> BatchReader:
-    """``BatchReader`` over ``index`` (default: the whole dataset) in batches of ``batch_size``."""
+                 settings: LoaderSettings = IN_PROCESS, seed: int | None = None) -> BatchReader:
+    """``BatchReader`` over ``index`` (default: the whole dataset) in batches of ``batch_size``;
+    ``seed``: the workers' seed (their random transforms), default ``generator``'s."""
     return BatchReader(dataset, IndexBatches(len(dataset) if index is None else index, batch_size, generator),
-                       settings)
+                       settings, seed)
 
 
 def take(dataset: Dataset, index: torch.Tensor | Sequence[int], settings: LoaderSettings = IN_PROCESS) -> torch.Tensor:

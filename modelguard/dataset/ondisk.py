@@ -46,11 +46,10 @@ class OnDiskData:
     Args:
         victim, pool, outliers: the members (X_t, X_q, X_OE), each an ``ImageSource``
             (conf/dataset/{victim,pool,outliers}/*.yaml).
-        pool_train_view: the batched train view of the pool images that smoothing queries
-            through (ExperimentData.pool_train_view); None: ``ShiftFlipView``, the cifar and
-            tinyimagenet families' crop-with-padding-4 and flip, exact on their 32 px images.
-            For the imagenet family it is a stand-in: RandomResizedCrop needs the full image,
-            so the faithful view there is per image, ``pool_augmented``.
+        pool_train_view: the batched train view of the pool images (ExperimentData.pool_train_view);
+            None: ``ShiftFlipView``, the cifar and tinyimagenet families' crop-with-padding-4 and
+            flip. Smoothing queries ``pool_augmented`` instead (the per-image train transform,
+            RandomResizedCrop for the imagenet family), unless ``attack.augment`` names a view.
     """
 
     def __init__(self, victim: ImageSource, pool: ImageSource, outliers: ImageSource,

@@ -55,9 +55,11 @@ class QueryPolicy:
     def __init__(self) -> None:
         self.metrics: dict[str, Any] = {}
 
-    def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
+    def check_pool(self, attack: AttackStrategy, pool_size: int, pool_name: str | None = None) -> None:
         """Refuse an attack this policy cannot carry out on a pool of ``pool_size`` images
-        (ValueError naming the knob); the query stage asks before any stage runs."""
+        (ValueError naming the knob); the query stage asks before any stage runs. ``pool_name``:
+        the dataset on disk the pool is (its size is fixed), None for a pool the dataset option
+        sizes (``dataset.pool_size``)."""
 
     def max_queries(self, attack: AttackStrategy) -> int:
         """API calls this policy spends for ``attack.budget`` images (the API's budget)."""

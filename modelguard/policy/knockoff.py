@@ -11,35 +11,48 @@ from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, indexed, read_batches
 from modelguard.dataset.transforms import View
 from modelguard.policy.base import QueryLog, QueryPolicy
+from modelguard.utils.seed import seed_torch, stream_seed
 
 
 class KnockoffRandom(QueryPolicy):
     """Query a seeded random permutation of the pool, ``budget`` unique images, in batches.
 
-    With ``attack.augment_queries`` every pass queries a fresh view of each image
-    (``attack.augment``, or when it is None ``dataset_view``, the pool family's train transform
-    that the query stage passes in). The transfer set keeps the plain images, and the clean answers
-    are those of the first pass (spec attacks §12.13)."""
+    With ``attack.augment_queries`` every pass queries a fresh view of each image: ``attack.augment``
+    when set; else, when the query stage passes ``pool_augmented`` (a pool on disk: the same
+    images under the pool family's per-image train transform, RandomResizedCrop and flip for the
+    imagenet family, as the original's ``train_transform=1``), the images read from it afresh;
+    else ``dataset_view``, the pool family's batched train view. The transfer set keeps the plain
+    images, and the clean answers are those of the first pass (spec attacks §12.13)."""
 
-    def check_pool(self, attack: AttackStrategy, pool_size: int) -> None:
+    def check_pool(self, attack: AttackStrategy, pool_size: int, pool_name: str | None = None) -> None:
         if attack.budget > pool_size:  # unique images, drawn without replacement
-            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
-                             f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+            if pool_name is None:  # a pool the dataset option sizes (embedded, synthetic)
+                raise ValueError(f"attack.budget={attack.budget} exceeds the query pool of {pool_size} images; "
+                                 f"lower attack.budget or enlarge the pool (dataset.pool_size)")
+            raise ValueError(f"attack.budget={attack.budget} exceeds the query pool {pool_name} (dataset.pool) of "
+                             f"{pool_size} images; set attack.budget={pool_size} or lower, or choose a larger pool "
+                             "(dataset/pool=<option>, conf/dataset/pool/)")
 
     def collect(self, api: DefendedAPI, pool: Dataset | torch.Tensor, attack: AttackStrategy,
                 generator: torch.Generator, progress: bool = True,
-                dataset_view: View | None = None, loader: LoaderSettings = IN_PROCESS) -> QueryLog:
+                dataset_view: View | None = None, pool_augmented: Dataset | None = None,
+                loader: LoaderSettings = IN_PROCESS) -> QueryLog:
         pool = as_dataset(pool)
-        self.check_pool(attack, len(pool))
+        self.check_pool(attack, len(pool), getattr(pool, "name", None))
+        if pool_augmented is not None and len(pool_augmented) != len(pool):
+            raise ValueError(f"pool_augmented holds {len(pool_augmented)} images, the query pool {len(pool)}: it must "
+                             "be the pool's images (same indices) under the train transform")
         index = torch.randperm(len(pool), generator=generator)[: attack.budget]
-        view = query_view(attack.augment, dataset_view) if attack.augment_queries else None
-        queried = indexed(pool, index)  # read batch by batch: the images are never all in memory at once
+        per_image = attack.augment_queries and attack.augment is None and pool_augmented is not None
+        view = query_view(attack.augment, dataset_view) if attack.augment_queries and not per_image else None
+        # read batch by batch: the images are never all in memory at once
+        queried = indexed(pool_augmented if per_image else pool, index)
         released_sum = None
         clean = None
         bar = tqdm(total=self.max_queries(attack), desc="query", unit="img", disable=not progress, leave=False)
         for qpass in range(attack.queries_per_image):
             outs, cleans = [], []
-            for (x,) in read_batches(queried, None, attack.query_batch_size, settings=loader):
+            for x in _passes_images(queried, attack.query_batch_size, loader, generator if per_image else None):
                 if view is not None:
                     x = view(x, generator)
                 released, clean_batch = api.query(x, return_clean=True)
@@ -53,3 +66,19 @@ class KnockoffRandom(QueryPolicy):
         bar.close()
         return QueryLog(released=(released_sum / attack.queries_per_image).float(),
                         clean=clean, pool_index=index)
+
+
+def _passes_images(queried: Dataset, batch_size: int, loader: LoaderSettings, generator: torch.Generator | None):
+    """The image batches of one pass. With ``generator`` (per-image random transforms) the pass's
+    transforms draw from a seed taken from it: in this process from torch's global RNG, forked
+    and seeded for the pass (so the rest of the run does not depend on how many images were
+    decoded), in DataLoader workers from their seed; each pass gets fresh crops."""
+    if generator is None:
+        for (x,) in read_batches(queried, None, batch_size, settings=loader):
+            yield x
+        return
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        seed_torch(seed, "query-augment")
+        for (x,) in read_batches(queried, None, batch_size, settings=loader, seed=stream_seed(seed, "query-augment")):
+            yield x

@@ -10,7 +10,9 @@ Each shadow i has its own task (``plan_shadows``):
   parts). "auto" picks "disjoint" when the pool has exactly K classes: there every class
   subset is the whole pool, so with "all" the shadows would learn one task under permuted
   labels (the embedded default: 10 Fashion-MNIST classes, K = 10);
-- its own initialisation and batch order (named streams ``shadow-<i>-init``/``-batches``).
+- its own initialisation and batch order (named streams ``shadow-<i>-init``/``-batches``);
+- where the pool has a test split (data on disk: ``pool_test``), its own test split, the test
+  images of its classes under its labels, on which it keeps the best epoch (``train_shadows``).
 
 Plain functions of tensors, a model factory and a training recipe; the query stage caches the
 trained shadows (``stages/recovery.py``)."""
@@ -22,8 +24,9 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, indexed
-from modelguard.engine import fit, predict_probs
+from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, indexed, labels_of
+from modelguard.engine import BestOnTest, fit, predict_probs
+from modelguard.metrics import accuracy
 from modelguard.utils.seed import make_generator, seed_torch
 
 SPLITS = ("auto", "disjoint", "all")
@@ -75,22 +78,59 @@ def plan_shadows(pool_labels: torch.Tensor, k: int, count: int, seed: int, split
     return tasks
 
 
+def shadow_test_set(task: ShadowTask, test_pool: Dataset) -> Dataset:
+    """The shadow's test split (spec attacks §6 step 2): the images of ``test_pool`` (the pool's
+    test split) of the task's classes, relabelled as the task relabels them (classes[n] -> n)."""
+    labels = labels_of(test_pool)
+    size = int(max(int(task.classes.max()), int(labels.max()) if len(labels) else 0)) + 1
+    relabel = torch.full((size,), -1, dtype=torch.long)
+    relabel[task.classes] = torch.arange(len(task.classes))
+    keep = (relabel[labels] >= 0).nonzero().squeeze(1)
+    return indexed(test_pool, keep, relabel[labels[keep]])
+
+
+def test_accuracy(model: torch.nn.Module, test_set: Dataset, device, loader: LoaderSettings) -> float:
+    return accuracy(predict_probs(model, test_set, device=device, loader=loader), labels_of(test_set))
+
+
 def train_shadows(tasks: list[ShadowTask], pool: Dataset, make_model: Callable[[], torch.nn.Module], *,
                   epochs: int, batch_size: int, optimizer: Callable, scheduler: Callable | None, seed: int,
                   device: torch.device | str = "cpu", progress: bool = True,
-                  loader: LoaderSettings = IN_PROCESS) -> list[torch.nn.Module]:
+                  loader: LoaderSettings = IN_PROCESS, test_pool: Dataset | None = None,
+                  selections: list[dict] | None = None) -> list[torch.nn.Module]:
     """One model per task, from ``make_model()`` at the seed of its stream ``shadow-<i>-init``,
-    trained on its images with batches from ``shadow-<i>-batches`` (``optimizer``/``scheduler``:
-    factories, as ``engine.fit`` takes them)."""
+    trained on its images of ``pool`` (the pool under its train transform, where the data has one)
+    with batches from ``shadow-<i>-batches`` (``optimizer``/``scheduler``: factories, as
+    ``engine.fit`` takes them).
+
+    With ``test_pool`` (the pool's test split) each shadow keeps the weights of the last epoch
+    reaching its best accuracy on its own test split (``shadow_test_set``; ``engine.BestOnTest``,
+    the original's checkpoint, spec attacks §6 step 4 and §3); without it, or when that split is
+    empty, the last epoch's. ``selections``, when given, receives one record per shadow: the
+    selected epoch and its test accuracy (None without a test split)."""
     models = []
     for i, task in enumerate(tasks):
         seed_torch(seed, f"shadow-{i}-init")
         model = make_model()
-        fit(model, indexed(pool, task.index, task.labels), epochs=epochs, batch_size=batch_size, loader=loader,
-            optimizer=optimizer,
-            scheduler=scheduler, generator=make_generator(seed, f"shadow-{i}-batches"), device=device,
-            desc=f"shadow {i + 1}/{len(tasks)}", progress=progress)
-        models.append(model)
+        test_set = shadow_test_set(task, test_pool) if test_pool is not None else None
+        best = BestOnTest()
+        evaluate = None
+        if test_set is not None and len(test_set) > 0:
+            def evaluate(model=model, test_set=test_set, best=best) -> dict[str, float]:
+                acc = test_accuracy(model, test_set, device, loader)
+                best.update(model, acc)
+                return {"test_acc": acc}
+        history = fit(model, indexed(pool, task.index, task.labels), epochs=epochs, batch_size=batch_size,
+                      loader=loader, optimizer=optimizer, scheduler=scheduler,
+                      generator=make_generator(seed, f"shadow-{i}-batches"), device=device, evaluate=evaluate,
+                      desc=f"shadow {i + 1}/{len(tasks)}", progress=progress)
+        if best.state is not None:
+            model.load_state_dict(best.state)
+        if selections is not None:
+            selections.append({"selected_epoch": best.epoch if best.state is not None else len(history),
+                               "test_acc": best.acc if best.state is not None else None,
+                               "test_size": 0 if test_set is None else len(test_set)})
+        models.append(model.eval())
     return models
 
 

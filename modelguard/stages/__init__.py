@@ -33,4 +33,4 @@ OUTPUTS: dict[str, Callable[[DictConfig], list[Path]]] = {
 
 # Checks that need more than the config (the data), run for the stages that will run, before
 # the first of them does: a value refused there leaves every marker of the run dir alone.
-PRECHECKS: dict[str, Callable[[DictConfig], None]] = {"query": query.precheck}
+PRECHECKS: dict[str, Callable[[DictConfig], None]] = {"victim": victim.precheck, "query": query.precheck}

@@ -42,7 +42,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def precheck(cfg: DictConfig) -> None:
     """What needs the data to be checked (the budget against the pool), before any stage runs."""
     data = load_data(cfg)
-    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool))
+    # a pool on disk has a fixed size; only the embedded and synthetic options have dataset.pool_size
+    pool_name = None if "pool_size" in cfg.dataset else getattr(data.query_pool, "name", "on disk")
+    instantiate(cfg.policy).check_pool(instantiate(cfg.attack), len(data.query_pool), pool_name)
 
 
 def outputs(cfg: DictConfig) -> list[Path]:
@@ -51,7 +53,8 @@ def outputs(cfg: DictConfig) -> list[Path]:
 
 def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
     """The runtime inputs ``policy.collect`` names (``stages.common.runtime_inputs``): the pool
-    family's train view (KnockoffNets' augmented queries); substitute training, relabelling,
+    family's train view and, for a pool on disk, its per-image train transform (``pool_augmented``;
+    KnockoffNets' augmented queries); substitute training, relabelling,
     the dataset's normalisation and the defense's eps where the original took it (JBDA-TR)."""
 
     def train_substitute():
@@ -62,6 +65,7 @@ def policy_inputs(cfg: DictConfig, data, attack, policy, api) -> dict[str, Any]:
 
     return runtime_inputs(policy.collect, {
         "dataset_view": lambda: data.pool_train_view,
+        "pool_augmented": lambda: getattr(data, "pool_augmented", None),
         "train_substitute": train_substitute,
         "relabel": lambda: (lambda api_, log_: recover_labels(cfg, data, api_, attack, log_)),
         "defense_eps": lambda: api.defense.original_jbda_eps(),

@@ -32,7 +32,9 @@ from modelguard.utils.seed import make_generator
 
 # Bump when the way shadows are chosen or trained changes: it is part of the cache key, so
 # shadows of an older scheme are never reused. 2: per-shadow image shares and named streams.
-SHADOW_SCHEME = 2
+# 3: on data on disk, training on the pool's train transform (pool_augmented) and keeping the
+# best epoch on the shadow's test split (pool_test).
+SHADOW_SCHEME = 3
 
 
 def recover_labels(cfg: DictConfig, data, api, attack, log) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -95,39 +97,62 @@ def shadow_arch(cfg: DictConfig) -> DictConfig:
 SHADOW_RECIPE_KEYS = ("batch_size", "optimizer", "scheduler")
 
 
+def missing_shadow_recipe_keys(node: Any) -> None:
+    """Refuse a ``substitute.shadow_recipe`` that is not null and lacks one of ``SHADOW_RECIPE_KEYS``
+    (stages/validate.py checks their values before any stage runs)."""
+    if node is None:
+        return
+    missing = [k for k in SHADOW_RECIPE_KEYS if not isinstance(node, DictConfig) or k not in node]
+    if missing:
+        shown = "" if isinstance(node, DictConfig) else f"={node!r}"
+        raise ValueError(f"substitute.shadow_recipe{shown} lacks {', '.join(missing)}: it needs batch_size, optimizer "
+                         "and scheduler (as substitute: has them; scheduler may be null), or null to train the shadows "
+                         "with the substitute's")
+
+
 def shadow_recipe(cfg: DictConfig) -> DictConfig:
     """What the shadows train with (batch_size, optimizer, scheduler): ``substitute.shadow_recipe``,
     or the substitute's own recipe when null."""
     node = cfg.substitute.get("shadow_recipe")
     if node is None:
         return cfg.substitute
-    missing = [k for k in SHADOW_RECIPE_KEYS if k not in node]
-    if missing:
-        raise ValueError(f"substitute.shadow_recipe lacks {', '.join(missing)}: it needs batch_size, optimizer and "
-                         "scheduler (as substitute: has them), or null to train the shadows with the substitute's")
+    missing_shadow_recipe_keys(node)
     return node
 
 
 def shadow_models(cfg: DictConfig, data, source: ShadowModels) -> list[torch.nn.Module]:
     """The source's shadow models (``shadow_arch``), trained once with ``shadow_recipe`` for
-    ``substitute.shadow_epochs`` epochs and cached."""
+    ``substitute.shadow_epochs`` epochs and cached.
+
+    Spec attacks §6: on data on disk the shadows train on the pool under its family's train
+    transform (``pool_augmented``, the same images as the query pool) and each keeps the epoch of
+    best accuracy on its own test split, drawn from the pool's test split (``pool_test``); the
+    embedded and synthetic data have neither, so their shadows train on the query pool and keep
+    the last epoch."""
     directory = shadow_dir(cfg, source)
-    pool, pool_labels = data.query_pool, labels_of(data.query_pool)
+    pool_labels = labels_of(data.query_pool)
+    train_pool = getattr(data, "pool_augmented", None)
+    train_pool = data.query_pool if train_pool is None else train_pool
+    test_pool = getattr(data, "pool_test", None)
     tasks = source.plan(pool_labels, data.num_classes, int(cfg.seed))
     recipe, arch = shadow_recipe(cfg), shadow_arch(cfg)
 
     def build(d: Path) -> dict[str, Any]:
-        models = train_shadows(tasks, pool, lambda: build_model(cfg, data, arch),
+        selections: list[dict] = []
+        models = train_shadows(tasks, train_pool, lambda: build_model(cfg, data, arch),
                                epochs=int(cfg.substitute.shadow_epochs),
                                batch_size=recipe.batch_size, optimizer=instantiate(recipe.optimizer),
                                scheduler=instantiate(recipe.scheduler), seed=int(cfg.seed), device=device_of(cfg),
-                               loader=loader_of(cfg),
+                               loader=loader_of(cfg), test_pool=test_pool, selections=selections,
                                progress=bool(cfg.progress))
         for i, model in enumerate(models):
             save_tensors(model.state_dict(), d / f"shadow_{i}.pt")
         return {"shadows": source.count, "scheme": SHADOW_SCHEME,
                 "split": resolve_split(source.split, len(torch.unique(pool_labels)), data.num_classes),
-                "train_sizes": [len(t.index) for t in tasks]}
+                "train_sizes": [len(t.index) for t in tasks],
+                "selected_epochs": [r["selected_epoch"] for r in selections],
+                "test_accs": [r["test_acc"] for r in selections],
+                "test_sizes": [r["test_size"] for r in selections]}
 
     names = [f"shadow_{i}.pt" for i in range(source.count)]
     shared_artifact(cfg, directory, build, names)

@@ -15,9 +15,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig
 
+from modelguard.arch.base import check_knobs
 from modelguard.engine import check_selection
 from modelguard.stages import STAGES
-from modelguard.stages.common import science_groups
+from modelguard.stages.common import plain, science_groups
+from modelguard.stages.recovery import missing_shadow_recipe_keys
 from modelguard.utils.checks import check_choice, check_flag, check_number, check_training_knobs
 from modelguard.utils.device import resolve_device
 from modelguard.utils.io import check_writable_dir
@@ -38,6 +40,8 @@ def validate(cfg: DictConfig) -> None:
     check_recipe(cfg.substitute, "substitute")
     check_number(cfg.substitute.shadow_epochs, "substitute.shadow_epochs", low=1, integer=True,
                  note="D-DAE's shadow models train for at least one epoch", fix="set substitute.shadow_epochs=3")
+    check_shadow_recipe(cfg.substitute.get("shadow_recipe"))
+    check_data_roots(cfg)
     build_objects(cfg)
     # last: it creates the directory, which no bad value above should leave behind
     check_writable_dir(cfg.paths.cache_dir, "paths.cache_dir", fix=(
@@ -82,6 +86,48 @@ def check_recipe(recipe: DictConfig, group: str) -> None:
     check_selection(recipe.select, f"{group}.select")
 
 
+def check_data_roots(cfg: DictConfig) -> None:
+    """No dataset member may read from an empty root: ``Path("")`` is the working directory, so
+    an empty ``MODELGUARD_DATA=`` would read datasets from wherever the command runs. Refused like
+    an empty ``MODELGUARD_CACHE``; the embedded and synthetic options read no root, so it does
+    not matter to them."""
+    empty = [key for key, value in _roots(plain(cfg.dataset), "dataset") if not str(value).strip()]
+    if not empty:
+        return
+    data_dir = cfg.paths.get("data_dir")
+    if data_dir is not None and not str(data_dir).strip():
+        raise ValueError(f"paths.data_dir={str(data_dir)!r} is empty (is MODELGUARD_DATA set to an empty string?); "
+                         "set MODELGUARD_DATA (or paths.data_dir) to the directory holding the datasets "
+                         "(docs/datasets.md), or unset MODELGUARD_DATA for the default data/")
+    raise ValueError(f"{empty[0]}='' is empty; set it to the directory holding the dataset, or remove the "
+                     "override for the default ${paths.data_dir}")
+
+
+def _roots(node: Any, prefix: str):
+    """(``dataset.<...>.root``, value) for every ``root`` key in a plain dataset node."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "root" and (value is None or isinstance(value, str)):
+                yield f"{prefix}.{key}", "" if value is None else value
+            else:
+                yield from _roots(value, f"{prefix}.{key}")
+
+
+def check_shadow_recipe(node: Any) -> None:
+    """``substitute.shadow_recipe``: null (the substitute's recipe), or batch_size, optimizer and
+    scheduler (null: a constant learning rate) for D-DAE's shadow models."""
+    missing_shadow_recipe_keys(node)
+    if node is None:
+        return
+    name = "substitute.shadow_recipe"
+    check_number(node.batch_size, f"{name}.batch_size", low=1, integer=True,
+                 fix=f"set {name}.batch_size to a whole number ≥ 1, e.g. {name}.batch_size=64 (the original's)")
+    check_factory(node.optimizer, f"{name}.optimizer", torch.optim.Optimizer, "params", "substitute")
+    if node.scheduler is not None:
+        check_factory(node.scheduler, f"{name}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer",
+                      "substitute")
+
+
 def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str) -> None:
     """An optimizer or scheduler node: a _partial_ node naming a subclass of ``base`` whose knobs
     the class takes, with the numeric ones in range. Checked on the signature, not built: the
@@ -106,14 +152,21 @@ def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str
 
 def build_objects(cfg: DictConfig) -> None:
     """Build every configured object once. Factories that take runtime shapes (arch:
-    num_classes, ...) are only resolved. The constructor's own message is raised as is,
-    without Hydra's wrapping."""
-    for group in science_groups(cfg):
-        target = cfg[group].get("_target_")
+    num_classes, ...; also ``substitute.shadow_arch``) are only resolved, after their own knob
+    checks (``arch.base.knob_checks``). The constructor's own message is raised as is, without
+    Hydra's wrapping."""
+    nodes = {group: cfg[group] for group in science_groups(cfg)}
+    if cfg.substitute.get("shadow_arch") is not None:
+        nodes["substitute.shadow_arch"] = cfg.substitute.shadow_arch  # a node of the arch group
+    for group, node in nodes.items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
         if target is None:
             continue
         try:
-            instantiate(cfg[group], _partial_=not inspect.isclass(get_object(target)))
+            factory = get_object(target)
+            if not inspect.isclass(factory):  # a factory of runtime shapes: its own knob checks, nothing built
+                check_knobs(factory, node, group)
+            instantiate(node, _partial_=not inspect.isclass(factory))
         except InstantiationException as err:
             cause = err
             while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
@@ -121,7 +174,7 @@ def build_objects(cfg: DictConfig) -> None:
             if isinstance(cause, ValueError):
                 raise cause from None
             raise ValueError(f"{group} cannot be built: {_cause(cause)}; check the knobs against "
-                             f"conf/{group}/ (python main.py --cfg job shows the composed config)") from None
+                             f"conf/{group.replace('substitute.shadow_', '')}/ (python main.py --cfg job shows the composed config)") from None
 
 
 def _cause(err: BaseException) -> str:

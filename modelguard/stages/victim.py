@@ -112,11 +112,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the victim, or take it from the shared cache (another job may be training it: then
     this job waits for it). The record says which: ``victim/trained_here``, and the time spent
     waiting, ``time/victim_wait_s``, which the stage time ``time/victim_s`` leaves out."""
+    precheck(cfg)  # missing data stops the stage before it takes the cache lock (which creates the entry)
     built = shared_artifact(cfg, victim_dir(cfg), lambda d: train_victim(cfg, d), victim_files(cfg))
     metrics = {k: v for k, v in built.metrics.items() if k != "victim/history"}
     metrics["victim/trained_here"] = built.built_here
     metrics["time/victim_wait_s"] = round(built.wait_s, 3)
     return metrics
+
+
+def precheck(cfg: DictConfig) -> None:
+    """Load (check) the data when the victim must be trained here: missing or unreadable data then
+    stops the run before the cache entry, its lock or any marker is created. A finished shared
+    victim needs no data."""
+    if not (victim_dir(cfg) / "done.json").exists():
+        load_data(cfg)
 
 
 def outputs(cfg: DictConfig) -> list[Path]:

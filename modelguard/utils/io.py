@@ -3,21 +3,34 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import pickle
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 
+# A temporary file is named ``.<name>.<host>.<pid>.<random>.tmp``: which artifact it is for, and which
+# process on which machine writes it, so that a later write of that artifact can tell a temporary
+# file left behind by a killed process (SIGKILL, OOM, a lost node) from one a live job is writing.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+# A temporary file of the former naming (``.<name>.<random>.tmp``, no host and pid) counts as
+# stale once it is this old: no write takes an hour.
+LEGACY_TMP_AGE_S = 3600.0
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -28,6 +41,43 @@ def _atomic_write(path: Path, write) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files of ``path`` that no live process is writing; the paths deleted.
+
+    Stale: written by a process of this machine that no longer exists, or of the former naming
+    and older than ``LEGACY_TMP_AGE_S``. Kept: this process's own, those of live processes, and
+    those of other machines (a cache shared over a network file system: their processes cannot
+    be seen from here)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        middle = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")
+        if len(middle) == 3:
+            host, pid, _ = middle
+            if host != _HOST or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+        elif len(middle) == 1:  # the former mkstemp name: ``.<name>.<random>.tmp``
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - tmp.stat().st_mtime < LEGACY_TMP_AGE_S:
+                    continue
+        else:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def save_tensors(obj: Any, path: str | Path) -> None:

@@ -138,9 +138,31 @@ class _Trap:
 def test_weights_are_read_without_unpickling_objects(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"conv1.weight": torch.zeros(1), "trap": _Trap()}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError) as err:
         resnet50(num_classes=5, in_channels=3, image_size=32, pretrained=str(tmp_path / "bad.pth"), **CIFAR)
     assert not (tmp_path / "trap_marker").exists()
+    message = str(err.value)
+    assert f"{tmp_path / 'bad.pth'} is not a plain tensor file" in message and "refused" in message
+    assert "place at" in message and "torch.save(model.state_dict(), path)" in message
+    assert "weights_only" not in message  # torch's advice to unpickle is not passed on
+
+
+class Custom:
+    """A plain Python object: weights_only loading refuses it (no code would run, but it is not a tensor)."""
+
+    def __init__(self):
+        self.weights = [1.0, 2.0]
+
+
+def test_imagenet_file_holding_an_object_names_the_file_to_place(torch_home):
+    path = place(torch_home, "alexnet", {"features.0.weight": Custom()})
+    with pytest.raises(ValueError) as err:
+        alexnet(num_classes=10, in_channels=3, image_size=32, pretrained="imagenet", **CIFAR)
+    message = str(err.value)
+    assert message.startswith(f"arch=alexnet pretrained=imagenet: {path} is not a plain tensor file")
+    assert "Custom" in message and "refused" in message  # what it holds
+    assert f"place torchvision's {pre.TORCHVISION_FILES['alexnet']}" in message and str(path) in message
+    assert "weights_only" not in message
 
 
 def test_a_file_of_another_network_is_refused(tmp_path, torch_home):

@@ -30,3 +30,66 @@ def test_smoothing_averages_three_augmented_passes():
     assert torch.allclose(log.released.sum(1), torch.ones(20))
     # averages of three one-hot answers take values in {0, 1/3, 2/3, 1}
     assert torch.allclose(log.released * 3, (log.released * 3).round(), atol=1e-5)
+
+
+
+class _Counting(torch.utils.data.Dataset):
+    """A dataset that counts the items read from it."""
+
+    def __init__(self, dataset):
+        self.dataset, self.reads = dataset, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.dataset[i]
+
+
+class _RecordingAPI:
+    """Answers uniform rows and keeps every queried batch."""
+
+    def __init__(self, k):
+        self.k, self.batches = k, []
+
+    def query(self, x, return_clean=False):
+        self.batches.append(x.clone())
+        rows = torch.full((len(x), self.k), 1.0 / self.k)
+        return rows, rows
+
+
+def test_smoothing_on_disk_queries_the_per_image_augmented_pool(compose_cfg, tmp_path):
+    """A pool on disk (the imagenet family at 224 px): smoothing's passes read pool_augmented, the
+    pool under its per-image train transform (RandomResizedCrop, flip), afresh on every pass and
+    reproducibly; attack.augment, when set, still wins. The query stage hands it over."""
+    from hydra.utils import instantiate
+    from modelguard.stages.query import policy_inputs
+    from tests.dataset.test_ondisk import imagenet_triple
+    imagenet_triple(tmp_path)
+    cfg = compose_cfg("dataset=caltech256", f"paths.data_dir={tmp_path}", "attack=smoothing")
+    data = instantiate(cfg.dataset).load()
+    attack = AttackStrategy(budget=4, queries_per_image=3, query_batch_size=2, augment_queries=True)
+    inputs = policy_inputs(cfg, data, attack, KnockoffRandom(), api=None)
+    assert inputs["pool_augmented"] is data.pool_augmented
+
+    def run(augment=None):
+        pool, augmented = _Counting(data.query_pool), _Counting(data.pool_augmented)
+        api = _RecordingAPI(data.num_classes)
+        smoothing = AttackStrategy(budget=4, queries_per_image=3, query_batch_size=2, augment_queries=True,
+                                   augment=augment)
+        log = KnockoffRandom().collect(api, pool, smoothing, torch.Generator().manual_seed(0), progress=False,
+                                       dataset_view=data.pool_train_view, pool_augmented=augmented)
+        return log, torch.cat(api.batches), pool.reads, augmented.reads
+
+    log, queried, pool_reads, augmented_reads = run()
+    assert (pool_reads, augmented_reads) == (0, 12)  # 4 images x 3 passes, all from the augmented pool
+    assert queried.shape == (12, 3, 224, 224)
+    passes = queried.view(3, 4, 3, 224, 224)
+    assert not torch.equal(passes[0], passes[1]) and not torch.equal(passes[1], passes[2])  # fresh crops
+    plain = torch.stack([data.query_pool[int(i)][0] for i in log.pool_index])
+    assert not torch.equal(passes[0], plain)  # not the test view (Resize 256, CenterCrop 224)
+    again = run()
+    assert torch.equal(again[1], queried) and torch.equal(again[0].pool_index, log.pool_index)
+    _, shifted, pool_reads, augmented_reads = run(augment=ShiftView())
+    assert augmented_reads == 0 and pool_reads == 12  # attack.augment names the view: the plain pool, shifted

@@ -39,7 +39,8 @@ def test_policies_get_only_the_inputs_they_name(smoke):
     data = load_data(cfg)
     attack = instantiate(cfg.attack)
     knockoff = instantiate(cfg.policy)
-    assert set(policy_inputs(cfg, data, attack, knockoff, api=None)) == {"dataset_view", "loader"}
+    assert set(policy_inputs(cfg, data, attack, knockoff, api=None)) == {"dataset_view", "pool_augmented", "loader"}
+    assert policy_inputs(cfg, data, attack, knockoff, api=None)["pool_augmented"] is None  # in memory: none
     jbtr3 = instantiate(smoke("policy=jbtr3").policy)
     from modelguard.stages.defended import build_api
     inputs = policy_inputs(cfg, data, attack, jbtr3, build_api(cfg, data))

@@ -63,7 +63,7 @@ def _spy_shadow_training(monkeypatch) -> list[dict]:
     calls, real = [], recovery.train_shadows
 
     def spy(tasks, pool, make_model, **kwargs):
-        calls.append({"model": make_model(), **kwargs})
+        calls.append({"model": make_model(), "pool": pool, **kwargs})
         return real(tasks, pool, make_model, **kwargs)
 
     monkeypatch.setattr(recovery, "train_shadows", spy)
@@ -111,3 +111,73 @@ def test_an_incomplete_shadow_recipe_is_named(smoke):
         cfg.substitute.shadow_recipe = {"batch_size": 64}
     with pytest.raises(ValueError, match="substitute.shadow_recipe lacks optimizer, scheduler"):
         shadow_recipe(cfg)
+
+
+def test_shadow_test_split_is_its_classes_relabelled():
+    from torch.utils.data import TensorDataset
+    from modelguard.recover.shadows import ShadowTask, shadow_test_set
+    images = torch.arange(8.0).view(8, 1, 1, 1)
+    test_pool = TensorDataset(images, torch.tensor([0, 3, 1, 3, 2, 1, 0, 4]))
+    task = ShadowTask(index=torch.arange(2), labels=torch.zeros(2, dtype=torch.long), classes=torch.tensor([3, 1]))
+    split = shadow_test_set(task, test_pool)
+    assert split.tensors[0].flatten().tolist() == [1.0, 2.0, 3.0, 5.0]  # the images of classes 3 and 1
+    assert split.tensors[1].tolist() == [0, 1, 0, 1]  # class 3 is label 0, class 1 label 1
+
+
+def test_shadows_keep_the_last_epoch_reaching_the_best_test_accuracy(monkeypatch):
+    """A controlled run: each epoch sets the shadow's weights to the epoch number, and the test
+    accuracies are scripted; the weights kept are those of the last epoch reaching the best
+    (ties: the later, spec attacks §3), and without a test split, the last epoch's."""
+    from torch.utils.data import TensorDataset
+    from modelguard.recover import shadows
+
+    def fake_fit(model, data, *, epochs, evaluate=None, **kwargs):
+        history = []
+        for epoch in range(1, epochs + 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float(epoch))
+            history.append({"epoch": epoch, **(evaluate() if evaluate is not None else {})})
+        return history
+
+    accs = iter([0.2, 0.5, 0.4, 0.5, 0.3])
+    monkeypatch.setattr(shadows, "fit", fake_fit)
+    monkeypatch.setattr(shadows, "test_accuracy", lambda model, test_set, device, loader: next(accs))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    pool = TensorDataset(torch.rand(6, 1, 2, 2), labels)
+    tasks = shadows.plan_shadows(labels, k=2, count=1, seed=0, split="all")
+    selections = []
+    (model,) = shadows.train_shadows(tasks, pool, lambda: torch.nn.Linear(4, 2), epochs=5, batch_size=2,
+                                     optimizer=None, scheduler=None, seed=0, progress=False, test_pool=pool,
+                                     selections=selections)
+    assert torch.all(model.weight == 4.0)  # epoch 4 ties epoch 2's 0.5 and comes later
+    assert selections == [{"selected_epoch": 4, "test_acc": 0.5, "test_size": 4}]
+    selections = []
+    (last,) = shadows.train_shadows(tasks, pool, lambda: torch.nn.Linear(4, 2), epochs=5, batch_size=2,
+                                    optimizer=None, scheduler=None, seed=0, progress=False, selections=selections)
+    assert torch.all(last.weight == 5.0) and selections == [{"selected_epoch": 5, "test_acc": None, "test_size": 0}]
+
+
+def test_shadows_on_disk_train_on_the_augmented_pool_and_select_on_its_test_split(compose_cfg, tmp_path,
+                                                                                  monkeypatch):
+    """Data on disk (CIFAR-10 with its TinyImageNet pool): the shadows train on pool_augmented
+    (the pool's train transform) and select on pool_test; the cache records the selection."""
+    import json
+    from tests.test_paper import cifar_tree
+    calls = _spy_shadow_training(monkeypatch)
+    cfg = compose_cfg("dataset=cifar10", f"paths.data_dir={cifar_tree(tmp_path / 'data')}", "arch=mlp",
+                      "arch.hidden=8", "attack=ddae", "attack.table_source.count=2", "substitute.shadow_epochs=2",
+                      "progress=false")
+    data = load_data(cfg)
+    source = instantiate(cfg.attack).table_source
+    models = shadow_models(cfg, data, source)
+    assert len(models) == 2
+    (call,) = calls
+    assert call["pool"] is data.pool_augmented and call["test_pool"] is data.pool_test
+    assert call["pool"].transform is not data.query_pool.transform  # the train transform, not the test one
+    from modelguard.stages import recovery
+    assert recovery.SHADOW_SCHEME == 3
+    done = json.loads((shadow_dir(cfg, source) / "done.json").read_text())
+    assert done["scheme"] == 3 and all(1 <= e <= 2 for e in done["selected_epochs"])
+    assert done["test_sizes"] == [20, 20]  # K = 10 of the pool's 10 classes: all 20 test images
+    assert all(0.0 <= a <= 1.0 for a in done["test_accs"])
