@@ -311,6 +311,28 @@ def test_cifar10_preset_runs_end_to_end_on_cpu(tmp_path):
     assert not any(k.startswith(("choice/per_defense", "choice/per_attack")) for k in record)
 
 
+def test_loader_workers_do_not_change_a_run_on_disk_data(tmp_path):
+    """The CIFAR-10 preset on the fixture tree, where the victim trains under random crops and
+    flips and smoothing queries per-image augmented views: 0 and 2 loader workers give the same
+    metrics and a byte-identical victim (per-item seeds, dataset/loading.py)."""
+    data = cifar_tree(tmp_path / "data")
+    records, victims = [], []
+    for workers in (0, 2):
+        run = tmp_path / f"workers{workers}"
+        records.append(_metrics(main_py(run, "experiment=paper/cifar10", f"paths.data_dir={data}", "debug=fast",
+                                        "arch.pretrained=null", "attack=smoothing", f"loader.num_workers={workers}")))
+        (victim,) = (run / "cache").glob("victims/**/victim.pt")
+        victims.append(victim.read_bytes())
+    assert records[0] == records[1]
+    assert victims[0] == victims[1]
+    assert records[0]["attack.queries_per_image"] == 3 and "loader.num_workers" not in records[0]
+
+
+def _metrics(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("time/") and not k.endswith("_build_s")
+            and k != "victim/trained_here"}
+
+
 @pytest.mark.slow
 def test_cifar10_preset_ddae_against_mad_end_to_end(tmp_path):
     """The paper's costliest cell on the fixture: 20 AlexNet shadows (ImageNet-initialised, the

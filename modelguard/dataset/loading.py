@@ -14,6 +14,12 @@ label). Two kinds exist:
 Which images a batch holds is always decided here, by ``IndexBatches`` (a seeded order, or a
 given list of indices), never by the DataLoader: the two kinds read the same images in the same
 order for the same seed. Labels are read without decoding images (``labels_of``).
+
+The random train transforms of datasets on disk (crops, flips) draw from a seed of their own per
+item, handed out with the batch in the main process (``_SeededItems``), not from a worker's RNG or
+the global one: the images a run sees are the same with any ``loader.num_workers``,
+``persistent_workers`` or ``pin_memory``, and decoding never moves the global RNG that model
+initialisation and dropout use (docs/determinism.md).
 """
 from __future__ import annotations
 
@@ -93,17 +99,39 @@ def batch_sizes(n: int, batch_size: int) -> list[int]:
     return [min(batch_size, n - start) for start in range(0, n, batch_size)]
 
 
-class _ListBatches:
-    """An ``IndexBatches`` handing the DataLoader plain lists (what its fetcher indexes with)."""
+class _SeededBatches:
+    """An ``IndexBatches`` handing the DataLoader lists of ``(index, item seed)``: the seeds come
+    from ``generator``, which runs on across iterations (epochs) in the main process, so they do
+    not depend on the workers (their number, or whether they persist)."""
 
-    def __init__(self, batches: Iterable[torch.Tensor]):
+    def __init__(self, batches: Iterable[torch.Tensor], generator: torch.Generator):
         self.batches = batches
+        self.generator = generator
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return (batch.tolist() for batch in self.batches)
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            seeds = torch.randint(2 ** 62, (len(batch),), generator=self.generator)
+            yield list(zip(batch.tolist(), seeds.tolist()))
+
+
+class _SeededItems(Dataset):
+    """``dataset[index]`` computed under torch's RNG seeded with the item's seed, and the caller's
+    RNG state restored afterwards: an item's random transform depends on its seed only."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class BatchReader:
@@ -118,13 +146,15 @@ class BatchReader:
         self.loader = None
         if not isinstance(dataset, TensorDataset):
             workers = settings.num_workers
-            # The loader's own generator seeds the workers (and so the random train transforms they
-            # apply) from ``seed``, or the sampler's stream, without drawing from it or from the global RNG.
+            # Item seeds (the random train transforms) come from ``seed``, or the sampler's stream,
+            # without drawing from it or from the global RNG; the loader's generator is seeded too, so
+            # that creating workers draws nothing from the global RNG either.
             sampler_gen = getattr(batches, "generator", None)
             if seed is None:
                 seed = sampler_gen.initial_seed() if sampler_gen is not None else 0
-            self.loader = DataLoader(dataset, batch_sampler=_ListBatches(batches), num_workers=workers,
-                                     pin_memory=settings.pin_memory and torch.cuda.is_available(),
+            item_seeds = torch.Generator().manual_seed(seed)
+            self.loader = DataLoader(_SeededItems(dataset), batch_sampler=_SeededBatches(batches, item_seeds),
+                                     num_workers=workers, pin_memory=settings.pin_memory and torch.cuda.is_available(),
                                      persistent_workers=settings.persistent_workers and workers > 0,
                                      generator=torch.Generator().manual_seed(seed))
 
@@ -144,7 +174,7 @@ def read_batches(dataset: Dataset, index: int | torch.Tensor | None = None, batc
                  generator: torch.Generator | None = None,
                  settings: LoaderSettings = IN_PROCESS, seed: int | None = None) -> BatchReader:
     """``BatchReader`` over ``index`` (default: the whole dataset) in batches of ``batch_size``;
-    ``seed``: the workers' seed (their random transforms), default ``generator``'s."""
+    ``seed``: the seed of the items' random transforms, default ``generator``'s."""
     return BatchReader(dataset, IndexBatches(len(dataset) if index is None else index, batch_size, generator),
                        settings, seed)
 

@@ -114,7 +114,9 @@ def dataset_name(node: DictConfig) -> str:
 # Bump when the way a victim is initialised or trained changes: it is part of the cache key, so
 # victims (and MAD proxies) of an older scheme are never reused. 2: initialisation from the
 # named streams "victim-init" and "mad-proxy-init" (the global RNG was seeded with seed and seed + 1).
-VICTIM_SCHEME = 2
+# 3: the random train transforms of data on disk draw from per-item seeds (dataset/loading.py), not
+# from the workers' or the global RNG.
+VICTIM_SCHEME = 3
 
 
 def victim_dir(cfg: DictConfig) -> Path:

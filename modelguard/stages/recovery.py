@@ -33,8 +33,9 @@ from modelguard.utils.seed import make_generator
 # Bump when the way shadows are chosen or trained changes: it is part of the cache key, so
 # shadows of an older scheme are never reused. 2: per-shadow image shares and named streams.
 # 3: on data on disk, training on the pool's train transform (pool_augmented) and keeping the
-# best epoch on the shadow's test split (pool_test).
-SHADOW_SCHEME = 3
+# best epoch on the shadow's test split (pool_test). 4: per-item seeds for the train transforms of
+# data on disk (dataset/loading.py).
+SHADOW_SCHEME = 4
 
 
 def recover_labels(cfg: DictConfig, data, api, attack, log) -> tuple[torch.Tensor, dict[str, Any]]:

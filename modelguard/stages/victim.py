@@ -22,7 +22,7 @@ from modelguard.engine import BestOnTest, check_selection, predict_probs
 from modelguard.metrics import accuracy
 from modelguard.stages.common import build_model, device_of, load_data, loader_of, shared_artifact, victim_dir, victim_files
 from modelguard.utils.io import save_tensors
-from modelguard.utils.seed import make_generator, seed_torch
+from modelguard.utils.seed import make_generator, seed_torch, stream_seed
 
 
 def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
@@ -46,7 +46,8 @@ def train_victim(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     train_batches = read_batches(data.victim_train, None, recipe.batch_size, generator, loader)
     # OE batches come in a fixed cycling order, one per training batch and of its size.
     oe_batches = (BatchReader(data.outliers, CyclicBatches(len(data.outliers), batch_sizes(
-        len(data.victim_train), recipe.batch_size)), loader) if recipe.oe_lambda > 0 else None)
+        len(data.victim_train), recipe.batch_size)), loader, seed=stream_seed(cfg.seed, "victim-outliers"))
+        if recipe.oe_lambda > 0 else None)
 
     def test_accuracy(model) -> float:
         return accuracy(predict_probs(model, data.victim_test, device=device, loader=loader), y_test)

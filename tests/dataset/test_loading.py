@@ -161,3 +161,37 @@ def test_workers_draw_from_the_loader_generator_not_the_global_rng():
     assert torch.equal(torch.rand(1), expected_next)  # the epoch took nothing from the global RNG
     other = read_batches(_NoisyItems(), None, 4, torch.Generator().manual_seed(4), LoaderSettings(num_workers=2))
     assert not torch.equal(torch.cat([x for x, _ in other]).sort().values, views.sort().values)
+
+
+def _two_epochs(settings: LoaderSettings, global_seed: int = 0) -> list[torch.Tensor]:
+    """The views of two epochs of one reader (the way ``engine.fit`` reads), by item index."""
+    torch.manual_seed(global_seed)
+    reader = read_batches(_NoisyItems(), None, 5, torch.Generator().manual_seed(3), settings)
+    epochs = []
+    for _ in range(2):
+        x, i = (torch.cat(parts) for parts in zip(*reader))
+        epochs.append(x[i.argsort()])
+    return epochs
+
+
+def test_random_views_do_not_depend_on_the_loader_settings():
+    """Per-item seeds from the main process: 0, 1 or 2 workers, persistent or not, pinned or not,
+    and any global RNG state give each item the same view in each epoch, a new one the next epoch."""
+    reference = _two_epochs(LoaderSettings())
+    assert not torch.equal(reference[0], reference[1])
+    for settings in (LoaderSettings(num_workers=1),
+                     LoaderSettings(num_workers=2, persistent_workers=True),
+                     LoaderSettings(num_workers=2, pin_memory=True)):
+        got = _two_epochs(settings, global_seed=123)
+        assert all(torch.equal(a, b) for a, b in zip(got, reference)), settings
+
+
+def test_reading_in_process_leaves_the_global_rng_alone():
+    """Decoding in the main process (0 workers) must not move the RNG that initialisation and
+    dropout draw from: otherwise the results would depend on loader.num_workers."""
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    views = torch.cat([x for x, _ in read_batches(_NoisyItems(), None, 4, torch.Generator().manual_seed(3))])
+    assert torch.equal(torch.rand(1), expected_next)
+    assert len(views.unique()) == 12

@@ -176,8 +176,8 @@ def test_shadows_on_disk_train_on_the_augmented_pool_and_select_on_its_test_spli
     assert call["pool"] is data.pool_augmented and call["test_pool"] is data.pool_test
     assert call["pool"].transform is not data.query_pool.transform  # the train transform, not the test one
     from modelguard.stages import recovery
-    assert recovery.SHADOW_SCHEME == 3
+    assert recovery.SHADOW_SCHEME == 4
     done = json.loads((shadow_dir(cfg, source) / "done.json").read_text())
-    assert done["scheme"] == 3 and all(1 <= e <= 2 for e in done["selected_epochs"])
+    assert done["scheme"] == 4 and all(1 <= e <= 2 for e in done["selected_epochs"])
     assert done["test_sizes"] == [20, 20]  # K = 10 of the pool's 10 classes: all 20 test images
     assert all(0.0 <= a <= 1.0 for a in done["test_accs"])
