@@ -156,6 +156,8 @@ def build_objects(cfg: DictConfig) -> None:
     checks (``arch.base.knob_checks``). The constructor's own message is raised as is, without
     Hydra's wrapping."""
     nodes = {group: cfg[group] for group in science_groups(cfg)}
+    if isinstance(cfg.get("loader"), DictConfig):
+        nodes["loader"] = cfg.loader  # not science (it never changes results), but checked all the same
     if cfg.substitute.get("shadow_arch") is not None:
         nodes["substitute.shadow_arch"] = cfg.substitute.shadow_arch  # a node of the arch group
     for group, node in nodes.items():
