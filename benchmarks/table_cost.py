@@ -35,13 +35,13 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 TABLES = ("cifar10", "cifar100", "cub200", "caltech256")
 
@@ -95,12 +95,6 @@ def launcher_jobs(table: str) -> list[list[str]]:
     return jobs
 
 
-def compose(overrides: list[str]):
-    """The job's config (the caller holds Hydra's initialisation: see ``main``)."""
-    from hydra import compose as hydra_compose
-    return hydra_compose(config_name="main", overrides=overrides)
-
-
 def jbda_rounds(seed_size: int, variants: int, budget: int) -> list[int]:
     """Sizes of the transfer set at each JBDA-TR round (policy/jbda.py's loop), then the final one."""
     sizes, size = [], min(seed_size, budget)
@@ -112,7 +106,7 @@ def jbda_rounds(seed_size: int, variants: int, budget: int) -> list[int]:
 
 def job_work(cfg, table: str) -> tuple[Work, bool]:
     """The work of one job, and whether it needs the shadows."""
-    n_train, n_test, k = SPLITS[table]
+    n_train, n_test, _ = SPLITS[table]
     w = Work()
     stages = list(cfg.stages)
     if stages == ["victim"]:
@@ -160,23 +154,26 @@ def pool_of(cfg) -> str:
     raise SystemExit(f"unknown query pool {cfg.dataset.pool._target_}: add its split sizes to SPLITS")
 
 
-def table_work(table: str, show_jobs: bool = False) -> tuple[Work, int, dict[str, int]]:
-    total, jobs, shadow_seeds = Work(), 0, {}
-    cache = {}
+def table_work(table: str, show_jobs: bool = False) -> tuple[Work, int]:
+    """The table's work and its number of jobs (the victims' job aside). Hydra must be initialised
+    (``main``); seeds share one composed config (they change no count), and each seed trains its
+    shadows once."""
+    total, jobs, shadow_seeds, configs = Work(), 0, set(), {}
     for overrides in launcher_jobs(table):
-        key = tuple(o for o in overrides if not o.startswith("seed="))
-        if key not in cache:
-            cache[key] = compose(list(overrides))
-        cfg = cache[key]
+        seed = next(o for o in overrides if o.startswith("seed="))
+        key = tuple(o for o in overrides if o != seed)
+        if key not in configs:
+            configs[key] = compose(config_name="main", overrides=list(overrides))
+        cfg = configs[key]
         w, shadows = job_work(cfg, table)
-        if shadows and cfg.seed not in shadow_seeds:
-            shadow_seeds[cfg.seed] = 1
+        if shadows and seed not in shadow_seeds:
+            shadow_seeds.add(seed)
             w.add(shadow_work(cfg, table, pool_of(cfg)))
         jobs += list(cfg.stages) != ["victim"]
         total.add(w)
         if show_jobs:
             print(f"  {' '.join(overrides[1:]):<70} train {dict(w.train)} infer {dict(w.infer)}")
-    return total, jobs, {"shadow_sets": len(shadow_seeds)}
+    return total, jobs
 
 
 def throughput_of(figures: dict, arch: str, size: int, fast: bool) -> dict | None:
@@ -199,7 +196,6 @@ def main() -> None:
     if figures:
         print(f"throughputs: {args.throughput} ({figures['device']}: {figures['device_name']}), "
               f"{'amp + channels_last' if args.amp else 'float32'}")
-    from hydra import initialize_config_dir
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         works = {table: table_work(table, args.jobs) for table in args.tables}
     head = "| table | jobs | training images (victim arch) | inference images (victim arch) | shadow training | shadow inference |"
@@ -208,7 +204,7 @@ def main() -> None:
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for table in args.tables:
-        work, jobs, _ = works[table]
+        work, jobs = works[table]
         (arch, px), (shadow_arch, shadow_px) = MODELS[table]
         cells = [f"{table} (`{arch}`, {px} px)", str(jobs)] + [
             f"{n / 1e6:.1f} M" for n in (work.train["victim"], work.infer["victim"],

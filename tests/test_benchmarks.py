@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,9 @@ def test_gpu_smoke_runs_on_cpu_and_reports_every_figure(tmp_path):
     assert figures["mld"]["device_rows_s"] > 0 and "ModelGuard-W K=256" in done.stdout
 
 
-def _table_cost(*args: str) -> str:
+def _table_cost(*args: str, env: dict | None = None) -> str:
     done = subprocess.run([sys.executable, "benchmarks/table_cost.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -89,3 +90,11 @@ def test_readme_cost_table_is_what_table_cost_prints():
     assert printed.keys() == documented.keys() and len(printed) == 4
     for table, cells in printed.items():
         assert documented[table][:6] == cells, table
+
+
+def test_table_cost_counts_every_seed_of_the_launcher():
+    """SEEDS="0 1" doubles every job and trains a second set of shadows (one per seed)."""
+    row = next(line for line in _table_cost("cifar10", env={"SEEDS": "0 1"}).splitlines()
+               if line.startswith("| cifar10"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:6] == ["156", "423.4 M", "120.2 M", "1.0 M", "28.1 M"]
