@@ -27,6 +27,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from modelguard.arch.base import Classifier, knob_checks
 from modelguard.arch.pretrained import check_download, load_pretrained
+from modelguard.arch.torchvision_models import resnet_classifier
 from modelguard.utils.checks import check_choice
 
 FAMILIES = ("auto", "imagenet", "cifar")
@@ -81,12 +82,7 @@ def _trunk(features: nn.Sequential) -> nn.Sequential:
 def resnet50(num_classes: int, in_channels: int, image_size: int, mean, std,
              pretrained: str | None = None, download: bool = False) -> Classifier:
     """torchvision ResNet-50 (imagenet family): 2048-d pooled features, then Linear(2048, K)."""
-    net = torchvision.models.resnet50(weights=None)
-    if in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-    feature_dim = net.fc.in_features
-    net.fc = nn.Identity()
-    model = Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
+    model = resnet_classifier(torchvision.models.resnet50(weights=None), in_channels, num_classes, mean, std)
     load_pretrained(model, "resnet50", pretrained, download)
     return model
 
@@ -112,11 +108,8 @@ def alexnet(num_classes: int, in_channels: int, image_size: int, mean, std, fami
         _require_side("alexnet", family, features, image_size, want_one=True, sizes="29-60")
         model = Classifier(_trunk(features), 256, num_classes, tuple(mean), tuple(std))
     else:
-        net = torchvision.models.alexnet(weights=None)
-        _first_conv(net.features, in_channels)
-        _require_side("alexnet", family, net.features, image_size, want_one=False, sizes="at least 63")
-        net.classifier[6] = nn.Identity()
-        model = Classifier(net, 4096, num_classes, tuple(mean), tuple(std))
+        model = _imagenet_classifier("alexnet", torchvision.models.alexnet(weights=None), in_channels, image_size,
+                                     "at least 63", num_classes, mean, std)
     load_pretrained(model, "alexnet", pretrained, download)
     return model
 
@@ -136,13 +129,20 @@ def vgg16_bn(num_classes: int, in_channels: int, image_size: int, mean, std, fam
         model = Classifier(_trunk(features), 512, num_classes, tuple(mean), tuple(std))
         init_cifar_vgg(model)
     else:
-        net = torchvision.models.vgg16_bn(weights=None)
-        _first_conv(net.features, in_channels)
-        _require_side("vgg16_bn", family, net.features, image_size, want_one=False, sizes="at least 32")
-        net.classifier[6] = nn.Identity()
-        model = Classifier(net, 4096, num_classes, tuple(mean), tuple(std))
+        model = _imagenet_classifier("vgg16_bn", torchvision.models.vgg16_bn(weights=None), in_channels, image_size,
+                                     "at least 32", num_classes, mean, std)
     load_pretrained(model, "vgg16_bn", pretrained, download)
     return model
+
+
+def _imagenet_classifier(arch: str, net: nn.Module, in_channels: int, image_size: int, sizes: str,
+                         num_classes: int, mean, std) -> Classifier:
+    """torchvision's imagenet-family AlexNet or VGG as a Classifier: its 4096-d features (the last
+    linear layer dropped), then Linear to K; ``sizes``: the image sizes its trunk takes."""
+    _first_conv(net.features, in_channels)
+    _require_side(arch, "imagenet", net.features, image_size, want_one=False, sizes=sizes)
+    net.classifier[6] = nn.Identity()
+    return Classifier(net, 4096, num_classes, tuple(mean), tuple(std))
 
 
 def init_cifar_vgg(model: nn.Module) -> None:

@@ -22,7 +22,16 @@ def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, sma
     3x3/1 stem, the usual choice for 28-32 px images (ImageNet weights then skip that stem,
     whose shape differs)."""
     small_input_stem = check_small_input_stem(small_input_stem)
-    net = torchvision.models.resnet18(weights=None)
+    model = resnet_classifier(torchvision.models.resnet18(weights=None), in_channels, num_classes, mean, std,
+                              small_input_stem)
+    load_pretrained(model, "resnet18", pretrained, download)
+    return model
+
+
+def resnet_classifier(net: torchvision.models.ResNet, in_channels: int, num_classes: int, mean, std,
+                      small_input_stem: bool = False) -> Classifier:
+    """A torchvision ResNet as a Classifier: its pooled features (``fc`` dropped), then Linear to K.
+    The stem takes ``in_channels``; ``small_input_stem``: 3x3/1 and no max-pool instead of 7x7/2."""
     if small_input_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -30,9 +39,7 @@ def resnet18(num_classes: int, in_channels: int, image_size: int, mean, std, sma
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()
-    model = Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
-    load_pretrained(model, "resnet18", pretrained, download)
-    return model
+    return Classifier(net, feature_dim, num_classes, tuple(mean), tuple(std))
 
 
 def vgg11_bn(num_classes: int, in_channels: int, image_size: int, mean, std) -> Classifier:
