@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from modelguard.utils.io import _atomic_write
+from modelguard.utils.io import save_bytes, save_text
 
 # Metrics in the Markdown table (results.csv has all), in this order.
 MAIN_METRICS = ("victim/test_acc", "defense/protected_acc", "defense/l1_mean", "queries",
@@ -114,7 +114,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer.writeheader()
     for row in sorted(rows, key=lambda r: r["run_dir"]):
         writer.writerow({k: row.get(k, "") for k in fields})
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    save_text(buf.getvalue(), path)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -155,7 +155,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_markdown(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     text = f"# Sweep `{title}`\n\n{len(rows)} job(s); values are mean ± std over seeds.\n\n" + markdown_table(rows)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    save_text(text, path)
 
 
 def curve_splits(rows: list[dict[str, Any]], config: list[str]) -> list[str]:
@@ -240,7 +240,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, x_metric: str = X_METR
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_bytes(buf.getvalue(), path)
     return True
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from modelguard.report import _columns, _informative, _varying, mean_std, number
-from modelguard.utils.io import _atomic_write
+from modelguard.utils.io import save_text
 
 # The grid's order (experiment-grid.md §3); anything else follows, sorted.
 DEFENSE_ORDER = ("none", "reverse_sigmoid", "mad", "am", "top1", "rounding", "mld")
@@ -67,17 +67,23 @@ def row_label(key: tuple[str, str]) -> str:
     return quantizer if defense == "none" else f"{name} + {quantizer}"
 
 
+def by_cell(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """The jobs of each cell, by (defense, quantizer, policy, attack)."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        cells[row_key(r) + column_key(r)].append(r)
+    return cells
+
+
 def split_keys(rows: list[dict[str, Any]]) -> list[str]:
     """Config keys, besides the cell's own (defense, quantizer, policy, attack) and the seed, that
     vary among the jobs of one cell: one table per value, never an average over them. A key that
     only follows from a choice (attack=top1 sets attack.hard_label, recover=network comes with
     attack=ddae) varies across cells only and splits nothing."""
     config, _ = _columns(rows)
-    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        cells[row_key(r) + column_key(r)].append(r)
+    cells = by_cell(rows).values()
     return [k for k in _informative(rows, config)
-            if k not in CELL_KEYS and any(_varying(members, [k]) for members in cells.values())]
+            if k not in CELL_KEYS and any(_varying(members, [k]) for members in cells)]
 
 
 def _value(value: Any) -> str:
@@ -130,21 +136,19 @@ def table(rows: list[dict[str, Any]], metric: str) -> list[str]:
     """Markdown lines of one table: rows = (defense, quantizer) pairs, columns = (policy, attack) pairs."""
     columns = sorted({column_key(r) for r in rows}, key=column_order)
     defenses = sorted({row_key(r) for r in rows}, key=row_order)
-    jobs: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        jobs[row_key(r) + column_key(r)].append(r)
+    jobs = by_cell(rows)
 
     def values(members: Iterable[dict[str, Any]]) -> list[float]:
         return [v for v in (number(r.get(metric)) for r in members if r.get("status") == "ok") if v is not None]
 
     n_max = max((len(values(m)) for m in jobs.values()), default=0)
-    n_protected = {d: protected_values([r for r in rows if row_key(r) == d and r.get("status") == "ok"])
-                   for d in defenses}
-    n_prot_max = max((len(v) for v in n_protected.values()), default=0)
+    protected = {d: protected_values([r for r in rows if row_key(r) == d and r.get("status") == "ok"])
+                 for d in defenses}
+    protected_max = max((len(v) for v in protected.values()), default=0)
     header = ["defense", "protected acc"] + [f"{p} / {a}" for p, a in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for d in defenses:
-        cells = [row_label(d), cell(n_protected[d], n_prot_max, failed=1)]
+        cells = [row_label(d), cell(protected[d], protected_max, failed=1)]
         for c in columns:
             members = jobs.get(d + c, [])
             cells.append(cell(values(members), n_max, failed=sum(r.get("status") != "ok" for r in members)))
@@ -190,5 +194,5 @@ def write_paper_table(rows: list[dict[str, Any]], path: Path, title: str) -> boo
     text = paper_markdown(rows, title)
     if text is None:
         return False
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    save_text(text, path)
     return True

@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:  # `python scripts/results_doc.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from modelguard.report import mean_std, number, plot_tradeoff  # noqa: E402
-from modelguard.utils.io import _atomic_write  # noqa: E402
+from modelguard.utils.io import save_bytes, save_text  # noqa: E402
 
 DEFENSE_ORDER = ("none", "top1", "topk", "rounding", "reverse_sigmoid", "random_noise", "mad", "am", "mld",
                  "none + modelguard_s", "mld + modelguard_s")
@@ -328,7 +328,7 @@ def plot_recovery(ok: list[dict[str, Any]], defenses: list[str], attacks: list[s
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_bytes(buf.getvalue(), path)
     return True
 
 
@@ -456,7 +456,7 @@ def build(sweep_dir: Path, out: Path, img_dir: Path, command: str, wall_seconds:
         lines.append("")
     text = "\n".join(lines).rstrip() + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda f: f.write(text.encode()))
+    save_text(text, out)
     return text
 
 

@@ -115,9 +115,18 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise UnreadableArtifact(path, f"cannot be read: it is empty, truncated or corrupt ({_first_line(err)})") from None
 
 
-def save_json(obj: Any, path: str | Path) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+def save_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
     _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def save_text(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename."""
+    save_bytes(text.encode(), path)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    save_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", path)
 
 
 def load_json(path: str | Path) -> Any:
