@@ -78,12 +78,23 @@ def check_run_knobs(cfg: DictConfig) -> None:
 
 def check_recipe(recipe: DictConfig, group: str) -> None:
     """A training recipe (victim, substitute): epochs, batch size, optimizer and scheduler."""
-    for knob in ("epochs", "batch_size"):
-        check_number(recipe[knob], f"{group}.{knob}", low=1, integer=True,
-                     fix=f"set {group}.{knob} to a whole number ≥ 1, e.g. {group}.{knob}={EXAMPLES[knob]}")
-    check_factory(recipe.optimizer, f"{group}.optimizer", torch.optim.Optimizer, "params", group)
-    check_factory(recipe.scheduler, f"{group}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer", group)
+    _check_count(recipe, group, "epochs")
+    check_optimization(recipe, group, group)
     check_selection(recipe.select, f"{group}.select")
+
+
+def _check_count(recipe: DictConfig, name: str, knob: str) -> None:
+    check_number(recipe[knob], f"{name}.{knob}", low=1, integer=True,
+                 fix=f"set {name}.{knob} to a whole number ≥ 1, e.g. {name}.{knob}={EXAMPLES[knob]}")
+
+
+def check_optimization(recipe: DictConfig, name: str, group: str, scheduler_optional: bool = False) -> None:
+    """A recipe's batch size, optimizer and scheduler (``name``: the node as the user spells it;
+    ``group``: the config group whose default.yaml shows working ones)."""
+    _check_count(recipe, name, "batch_size")
+    check_factory(recipe.optimizer, f"{name}.optimizer", torch.optim.Optimizer, "params", group)
+    if not (scheduler_optional and recipe.scheduler is None):
+        check_factory(recipe.scheduler, f"{name}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer", group)
 
 
 def check_data_roots(cfg: DictConfig) -> None:
@@ -117,15 +128,8 @@ def check_shadow_recipe(node: Any) -> None:
     """``substitute.shadow_recipe``: null (the substitute's recipe), or batch_size, optimizer and
     scheduler (null: a constant learning rate) for D-DAE's shadow models."""
     missing_shadow_recipe_keys(node)
-    if node is None:
-        return
-    name = "substitute.shadow_recipe"
-    check_number(node.batch_size, f"{name}.batch_size", low=1, integer=True,
-                 fix=f"set {name}.batch_size to a whole number ≥ 1, e.g. {name}.batch_size=64 (the original's)")
-    check_factory(node.optimizer, f"{name}.optimizer", torch.optim.Optimizer, "params", "substitute")
-    if node.scheduler is not None:
-        check_factory(node.scheduler, f"{name}.scheduler", torch.optim.lr_scheduler.LRScheduler, "optimizer",
-                      "substitute")
+    if node is not None:
+        check_optimization(node, "substitute.shadow_recipe", "substitute", scheduler_optional=True)
 
 
 def check_factory(node: Any, name: str, base: type, runtime_arg: str, group: str) -> None:
