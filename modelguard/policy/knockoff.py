@@ -11,7 +11,7 @@ from modelguard.attack.strategy import AttackStrategy
 from modelguard.dataset.loading import IN_PROCESS, LoaderSettings, as_dataset, indexed, read_batches
 from modelguard.dataset.transforms import View
 from modelguard.policy.base import QueryLog, QueryPolicy
-from modelguard.utils.seed import seed_torch, stream_seed
+from modelguard.utils.seed import stream_seed
 
 
 class KnockoffRandom(QueryPolicy):
@@ -70,15 +70,9 @@ class KnockoffRandom(QueryPolicy):
 
 def _passes_images(queried: Dataset, batch_size: int, loader: LoaderSettings, generator: torch.Generator | None):
     """The image batches of one pass. With ``generator`` (per-image random transforms) the pass's
-    transforms draw from a seed taken from it: in this process from torch's global RNG, forked
-    and seeded for the pass (so the rest of the run does not depend on how many images were
-    decoded), in DataLoader workers from their seed; each pass gets fresh crops."""
-    if generator is None:
-        for (x,) in read_batches(queried, None, batch_size, settings=loader):
-            yield x
-        return
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        seed_torch(seed, "query-augment")
-        for (x,) in read_batches(queried, None, batch_size, settings=loader, seed=stream_seed(seed, "query-augment")):
-            yield x
+    item seeds (dataset/loading.py) come from a seed drawn from it, so each pass gets fresh crops."""
+    seed = None
+    if generator is not None:
+        seed = stream_seed(int(torch.randint(2 ** 62, (1,), generator=generator)), "query-augment")
+    for (x,) in read_batches(queried, None, batch_size, settings=loader, seed=seed):
+        yield x
